@@ -1,0 +1,13 @@
+"""The control protocol of mgpud: paths, framing, schemas and clients (no torch here)."""
+
+from .client import AsyncClient, AsyncStream, Client, Stream
+from .errors import DaemonUnavailable, MgpudError, ProtocolError, RemoteError
+from .framing import PROTOCOL_VERSION
+from .paths import control_path, events_path, runtime_dir
+from .schema import OPS, BadRequest
+
+__all__ = [
+    "AsyncClient", "AsyncStream", "BadRequest", "Client", "DaemonUnavailable", "MgpudError",
+    "OPS", "PROTOCOL_VERSION", "ProtocolError", "RemoteError", "Stream",
+    "control_path", "events_path", "runtime_dir",
+]

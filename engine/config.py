@@ -1,0 +1,150 @@
+"""Model and engine configuration.
+
+`ModelConfig` reads a Hugging Face `config.json` in both the transformers 4 and 5
+spellings; `EngineConfig` holds the knobs an operator sets for one replica.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelLoadError
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+
+_DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float": "float32",
+                "bfloat16": "bfloat16", "bf16": "bfloat16",
+                "float16": "float16", "fp16": "float16", "half": "float16"}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    max_position_embeddings: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict[str, Any] | None
+    tie_word_embeddings: bool
+    qkv_bias: bool
+    dtype: str  # the checkpoint's dtype name, e.g. "bfloat16"
+    num_experts: int = 0  # MoE models; 0 = dense
+    experts_per_token: int = 0
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ModelConfig:
+        arch = (raw.get("architectures") or ["?"])[0]
+        heads = int(raw["num_attention_heads"])
+        hidden = int(raw["hidden_size"])
+        rope = raw.get("rope_parameters") or {}
+        scaling = raw.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+        theta = raw.get("rope_theta", rope.get("rope_theta", 10000.0))
+        return cls(
+            architecture=arch,
+            vocab_size=int(raw["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(raw["intermediate_size"]),
+            num_layers=int(raw["num_hidden_layers"]),
+            num_heads=heads,
+            num_kv_heads=int(raw.get("num_key_value_heads") or heads),
+            head_dim=int(raw.get("head_dim") or hidden // heads),
+            max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
+            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(theta),
+            rope_scaling=dict(scaling) if scaling else None,
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            qkv_bias=arch == "Qwen2ForCausalLM" or bool(raw.get("attention_bias", False)),
+            dtype=_DTYPE_NAMES.get(str(raw.get("dtype") or raw.get("torch_dtype") or "float32"), "float32"),
+            num_experts=int(raw.get("num_local_experts", 0)),
+            experts_per_token=int(raw.get("num_experts_per_tok", 0)),
+        )
+
+    @classmethod
+    def from_dir(cls, path: Path) -> ModelConfig:
+        file = Path(path) / "config.json"
+        if not file.is_file():
+            raise ModelLoadError(f"{file} is missing: a model directory needs config.json "
+                                 "(Hugging Face format: config.json, *.safetensors, tokenizer.json)")
+        return cls.from_dict(json.loads(file.read_text()))
+
+    def check_supported(self) -> None:
+        if self.architecture not in SUPPORTED_ARCHITECTURES:
+            raise ModelLoadError(f"architecture {self.architecture} is not supported; "
+                                 f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+
+    def valid_tp_degrees(self, limit: int = 64) -> list[int]:
+        return [tp for tp in range(1, limit + 1)
+                if self.num_heads % tp == 0 and self.num_kv_heads % tp == 0]
+
+    def check_tp(self, tp: int) -> None:
+        if tp < 1 or self.num_heads % tp or self.num_kv_heads % tp:
+            valid = " or ".join(str(t) for t in self.valid_tp_degrees())
+            raise ModelLoadError(
+                f"tp={tp} does not divide this model's {self.num_heads} attention heads and "
+                f"{self.num_kv_heads} KV heads; valid TP degrees: {valid}")
+
+    def param_count(self) -> int:
+        """Parameters of the whole model (embeddings counted once when tied)."""
+        h, i, v = self.hidden_size, self.intermediate_size, self.vocab_size
+        q = self.num_heads * self.head_dim
+        kv = self.num_kv_heads * self.head_dim
+        attn = h * (q + 2 * kv) + q * h + (q + 2 * kv if self.qkv_bias else 0)
+        mlp = 3 * h * i * max(1, self.num_experts) + (h * self.num_experts if self.num_experts else 0)
+        per_layer = attn + mlp + 2 * h
+        embed = v * h * (1 if self.tie_word_embeddings else 2)
+        return self.num_layers * per_layer + embed + h
+
+    def kv_bytes_per_token(self, dtype_bytes: int, tp: int = 1) -> int:
+        """K and V bytes one token occupies on one rank of a tp-way replica."""
+        return 2 * self.num_layers * (self.num_kv_heads // tp) * self.head_dim * dtype_bytes
+
+
+@dataclass
+class EngineConfig:
+    """One replica's settings; see docs/engine-api.md."""
+
+    model: str
+    tp: int = 1
+    devices: list[str] | None = None
+    dtype: str | None = None
+    max_model_len: int | None = None
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+    block_size: int = 16
+    memory_utilization: float = 0.9
+    device_memory: int | None = None  # bytes per CPU virtual device
+    kv_cache_memory: int | None = None  # bytes per rank; overrides profiling
+    threads_per_device: int = 1
+    enable_prefix_caching: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        problems = []
+        if self.tp < 1:
+            problems.append(f"tp must be >= 1 (got {self.tp})")
+        if not 0.0 < self.memory_utilization <= 1.0:
+            problems.append(f"memory_utilization must be in (0, 1] (got {self.memory_utilization})")
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            problems.append(f"block_size must be a power of two (got {self.block_size})")
+        if self.max_num_seqs < 1:
+            problems.append(f"max_num_seqs must be >= 1 (got {self.max_num_seqs})")
+        if self.max_num_batched_tokens < self.block_size:
+            problems.append(f"max_num_batched_tokens must be >= block_size (got {self.max_num_batched_tokens})")
+        if self.dtype is not None and self.dtype not in _DTYPE_NAMES:
+            problems.append(f"dtype {self.dtype!r} unknown; use float32, bfloat16 or float16")
+        if problems:
+            raise ModelLoadError("; ".join(problems))
+
+    def dtype_name(self, on_cuda: bool) -> str:
+        if self.dtype:
+            return _DTYPE_NAMES[self.dtype]
+        return "bfloat16" if on_cuda else "float32"

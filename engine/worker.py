@@ -1,0 +1,165 @@
+"""A rank's process, started by the engine with `main(ARGS_FILE)`.
+
+Every rank loads its shard, profiles, and agrees on the KV size with the others. Then
+rank 0 serves: it takes requests from the owner, schedules, sends each step's plan to
+the other ranks, samples and streams tokens back; the other ranks run the steps they
+are sent. Any error is reported to the owner before the process exits, and a rank
+exits by itself when its owner is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import zmq
+
+
+@dataclass
+class WorkerArgs:
+    rank: int
+    tp: int
+    device: str
+    model_dir: str
+    dtype: str
+    max_model_len: int
+    block_size: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    memory_utilization: float
+    device_memory: int | None
+    kv_cache_memory: int | None
+    threads: int
+    prefix_caching: bool
+    run_dir: str  # private to this replica: sockets and the rendezvous file
+
+    def endpoint(self, name: str) -> str:
+        return f"ipc://{self.run_dir}/{name}.sock"
+
+
+def _die_with_owner(owner_pid: int) -> None:
+    # PR_SET_PDEATHSIG follows the spawning *thread*, not the process; polling the parent
+    # pid is what reliably notices the owner's death, kill -9 included.
+    while os.getppid() == owner_pid:
+        time.sleep(0.2)
+    os._exit(1)
+
+
+class Worker:
+    def __init__(self, args: WorkerArgs):
+        import torch
+
+        self.args = args
+        self.zmq = zmq.Context()
+        self.owner = self.zmq.socket(zmq.PUSH)
+        self.owner.connect(args.endpoint("owner"))
+        torch.set_num_threads(args.threads)
+        # CPU virtual devices are slots of our own; torch sees one CPU device.
+        self.device = torch.device("cpu" if args.device.startswith("cpu") else args.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+
+    def send(self, kind: str, **fields) -> None:
+        self.owner.send(pickle.dumps((kind, fields), protocol=5))
+
+    def start(self) -> None:
+        from .config import ModelConfig
+        from .model_runner import ModelRunner
+        from .parallel import TPGroup
+
+        a = self.args
+        self.group = TPGroup(a.rank, a.tp)
+        if a.tp > 1:
+            self._init_distributed()
+        progress = (lambda p: self.send("progress", progress=p)) if a.rank == 0 else None
+        cfg = ModelConfig.from_dir(Path(a.model_dir))
+        self.runner = ModelRunner(cfg, Path(a.model_dir), self.group, self.device, a.dtype,
+                                  a.max_model_len, a.block_size, progress)
+        if a.rank == 0:
+            self.send("progress", progress=_phase("profile", "measuring activation memory"))
+        peak = self.runner.profile(a.max_num_batched_tokens, a.max_num_seqs)
+        num_blocks = self._agree_on_blocks(peak)
+        self.runner.allocate_kv(num_blocks)
+        self.send("ready", rank=a.rank, pid=os.getpid(), weight_bytes=self.runner.weight_bytes,
+                  peak_activation_bytes=peak, num_blocks=num_blocks,
+                  kv_bytes=num_blocks * self.runner.kv_block_bytes)
+
+    def _init_distributed(self) -> None:
+        import torch.distributed as dist
+
+        a = self.args
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        dist.init_process_group(backend, init_method=f"file://{a.run_dir}/rendezvous",
+                                rank=a.rank, world_size=a.tp, timeout=timedelta(seconds=120))
+
+    def _agree_on_blocks(self, peak: int) -> int:
+        import torch
+        import torch.distributed as dist
+
+        from .errors import ModelLoadError
+        from .memory import kv_budget
+
+        a = self.args
+        budget = a.kv_cache_memory if a.kv_cache_memory is not None else kv_budget(
+            self.device, a.device_memory, a.memory_utilization, peak)
+        blocks = torch.tensor([max(0, budget) // self.runner.kv_block_bytes], dtype=torch.int64)
+        if a.tp > 1:
+            dist.all_reduce(blocks, op=dist.ReduceOp.MIN)
+        num_blocks = int(blocks)
+        need = -(-a.max_model_len // a.block_size)
+        if num_blocks < need:
+            missing = (need - num_blocks) * self.runner.kv_block_bytes
+            raise ModelLoadError(
+                f"the KV cache holds {num_blocks * a.block_size} tokens per rank but one "
+                f"max_model_len={a.max_model_len} sequence needs {need * a.block_size}: "
+                f"{missing / 2**20:.0f} MiB more KV memory is needed; lower max_model_len, raise "
+                "the TP degree, or give the devices more memory (device memory / memory "
+                "utilization / kv cache memory)")
+        return num_blocks
+
+    def serve(self) -> None:
+        if self.args.rank == 0:
+            from .rank0 import Rank0Loop
+
+            Rank0Loop(self).run()
+        else:
+            self._follow()
+
+    def _follow(self) -> None:
+        plans = self.zmq.socket(zmq.PULL)
+        plans.bind(self.args.endpoint(f"rank{self.args.rank}"))
+        while True:
+            kind, step = pickle.loads(plans.recv())
+            if kind == "stop":
+                return
+            self.runner.execute(step)
+
+
+def _phase(phase: str, message: str):
+    from .loader import LoadProgress
+
+    return LoadProgress(phase, message=message)
+
+
+def main(args_file: str) -> None:
+    args: WorkerArgs = pickle.loads(Path(args_file).read_bytes())
+    threading.Thread(target=_die_with_owner, args=(os.getppid(),), daemon=True).start()
+    worker = Worker(args)
+    try:
+        worker.start()
+        worker.serve()
+    except BaseException as exc:  # noqa: BLE001 - every failure must reach the owner
+        worker.send("error", rank=args.rank, error=f"{type(exc).__name__}: {exc}",
+                    traceback=traceback.format_exc())
+        worker.owner.close(linger=2000)
+        os._exit(1)
+    worker.owner.close(linger=2000)
+    os._exit(0)
+
