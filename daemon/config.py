@@ -3,9 +3,8 @@
 ```toml
 runtime_dir = "/run/mgpud"          # sockets; default: see mgpud.ipc.paths
 state_dir = "/var/lib/mgpud"        # state.json; default: $STATE_DIRECTORY, XDG state home
-devices = "cpu:2"                   # "cpu:N", or GPU indices "0,1,2,3"; default: discovered
+devices = "cpu:2"                   # "auto", "cpu:N", or GPU ordinals "0,1,2,3"; default: auto
 device_memory = "4GiB"              # per CPU virtual device
-threads_per_device = 1
 log_level = "info"
 shutdown_timeout = 30               # seconds in-flight generations get on SIGTERM
 telemetry_interval = 0.5            # seconds between telemetry messages
@@ -49,7 +48,6 @@ class DaemonConfig:
     state_dir: Path | None = None
     devices: str | None = None
     device_memory: int | None = None  # bytes
-    threads_per_device: int = 1
     log_level: str = "info"
     shutdown_timeout: float = 30.0  # seconds
     telemetry_interval: float = 0.5  # seconds
@@ -118,8 +116,6 @@ def _convert(key: str, value: Any) -> Any:
         return str(value)
     if key == "device_memory":
         return parse_size(value)
-    if key == "threads_per_device":
-        return _positive(int(value))
     if key == "log_level":
         if str(value).lower() not in LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")

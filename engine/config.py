@@ -20,6 +20,12 @@ _DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float": "float32",
                 "float16": "float16", "fp16": "float16", "half": "float16"}
 
 
+def _sliding_window(raw: dict[str, Any]) -> int | None:
+    if raw.get("use_sliding_window") is False or not raw.get("sliding_window"):
+        return None
+    return int(raw["sliding_window"])
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     architecture: str
@@ -37,6 +43,7 @@ class ModelConfig:
     tie_word_embeddings: bool
     qkv_bias: bool
     dtype: str  # the checkpoint's dtype name, e.g. "bfloat16"
+    sliding_window: int | None = None  # Mistral v0.1: attention span limit
     num_experts: int = 0  # MoE models; 0 = dense
     experts_per_token: int = 0
 
@@ -64,6 +71,7 @@ class ModelConfig:
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
             qkv_bias=arch == "Qwen2ForCausalLM" or bool(raw.get("attention_bias", False)),
             dtype=_DTYPE_NAMES.get(str(raw.get("dtype") or raw.get("torch_dtype") or "float32"), "float32"),
+            sliding_window=_sliding_window(raw),
             num_experts=int(raw.get("num_local_experts", 0)),
             experts_per_token=int(raw.get("num_experts_per_tok", 0)),
         )

@@ -85,11 +85,13 @@ class LLMEngine:
     # -- start-up ---------------------------------------------------------------------
 
     def _max_model_len(self) -> int:
-        limit = self.model_config.max_position_embeddings
+        # Within a sliding window, full attention is exact; past it, we would be wrong.
+        cfg = self.model_config
+        limit = min(cfg.max_position_embeddings, cfg.sliding_window or cfg.max_position_embeddings)
         wanted = self.config.max_model_len or limit
         if wanted > limit:
-            raise ModelLoadError(f"max_model_len={wanted} exceeds the model's "
-                                 f"max_position_embeddings={limit}; use at most {limit}")
+            raise ModelLoadError(f"max_model_len={wanted} exceeds what this model attends to "
+                                 f"({limit} tokens); use at most {limit}")
         return wanted
 
     def _dtype(self) -> str:
@@ -226,15 +228,14 @@ class LLMEngine:
     def _on_outputs(self, body: dict[str, Any]) -> None:
         with self._lock:
             self._stats = body["stats"]
-            states = [(self._requests.get(rid), rid, tok, reason, sched, first)
-                      for rid, tok, reason, sched, first in body["outputs"]]
-        for state, rid, token, reason, scheduled, first in states:
+            states = [(self._requests.get(out[0]), *out) for out in body["outputs"]]
+        for state, rid, token, reason, scheduled, first, top in states:
             if state is None:
                 continue  # cancelled while this step ran
             if reason:
                 with self._lock:
                     self._requests.pop(rid, None)
-            if state.on_token(token, reason, scheduled, first) == "stop" and not reason:
+            if state.on_token(token, reason, scheduled, first, top) == "stop" and not reason:
                 self.cancel_stopped(rid)
 
     def cancel_stopped(self, request_id: str) -> None:

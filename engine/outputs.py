@@ -26,6 +26,7 @@ class RequestOutput:
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
     finished_time: float | None = None
+    logprobs: list[dict[int, float]] | None = None  # per new token, when asked for
 
 
 class RequestStream:
@@ -70,7 +71,8 @@ class RequestState:
         self.first_scheduled: float | None = None
         self.first_token: float | None = None
 
-    def on_token(self, token: int, reason: str | None, scheduled: float, first: float) -> str | None:
+    def on_token(self, token: int, reason: str | None, scheduled: float, first: float,
+                 top: list[tuple[int, float]] | None = None) -> str | None:
         """Emit the output for one new token; returns "stop" when a stop string ended it."""
         self.first_scheduled, self.first_token = scheduled, first
         self.completion_tokens += 1
@@ -78,7 +80,7 @@ class RequestState:
         cut = self._stop_at()
         if cut is not None:
             self.text, reason = self.text[:cut], "stop"
-        self._emit([token], reason)
+        self._emit([token], reason, logprobs=[dict(top)] if top is not None else None)
         return "stop" if cut is not None else None
 
     def _stop_at(self) -> int | None:
@@ -86,12 +88,13 @@ class RequestState:
         hits = [i for i in (self.text.find(s, start) for s in self.params.stop) if i >= 0]
         return min(hits) if hits else None
 
-    def _emit(self, tokens: list[int], reason: str | None, error: str | None = None) -> None:
+    def _emit(self, tokens: list[int], reason: str | None, error: str | None = None,
+              logprobs: list[dict[int, float]] | None = None) -> None:
         end = len(self.text) if reason else max(self.sent, len(self.text) - self.holdback)
         out = RequestOutput(
             self.request_id, tokens, self.text[self.sent:end], reason is not None, reason, error,
             len(self.prompt_ids), self.completion_tokens, self.arrival, self.first_scheduled,
-            self.first_token, time.monotonic() if reason else None)
+            self.first_token, time.monotonic() if reason else None, logprobs)
         self.sent = end
         self.sink(out)
 

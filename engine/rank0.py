@@ -10,7 +10,7 @@ import zmq
 
 from .batch import build_step
 from .kv import BlockManager
-from .layers.sampler import sample
+from .layers.sampler import sample, top_logprobs
 from .sampling import SamplingParams
 from .scheduler import Limits, Scheduler
 from .sequence import Sequence
@@ -79,14 +79,15 @@ class Rank0Loop:
         logits = self.runner.execute(step)
         sampling = [seq for seq, n in batch if seq.num_computed_tokens + n == seq.num_tokens]
         tokens = sample(logits, sampling) if sampling else []
+        logprobs = top_logprobs(logits, sampling) if sampling else []
         now = time.monotonic()
         finished = {f.seq.request_id: f.reason for f in self.scheduler.update(batch, tokens)}
         outputs = []
-        for seq, token in zip(sampling, tokens):
+        for seq, token, top in zip(sampling, tokens, logprobs):
             if seq.first_token_time is None:
                 seq.first_token_time = now
             outputs.append((seq.request_id, token, finished.get(seq.request_id),
-                            seq.first_scheduled_time, seq.first_token_time))
+                            seq.first_scheduled_time, seq.first_token_time, top))
         self.generated_tokens += len(tokens)
         self.worker.send("outputs", outputs=outputs, stats=self.stats(), step_tokens=step.num_tokens)
 

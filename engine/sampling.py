@@ -17,6 +17,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
+    logprobs: int = 0  # return this many top log-probabilities per generated token
 
     @classmethod
     def from_dict(cls, raw: dict) -> SamplingParams:
@@ -44,6 +45,8 @@ class SamplingParams:
         if not isinstance(self.stop_token_ids, list) or not all(
                 isinstance(t, int) and 0 <= t < (vocab_size or 1 << 62) for t in self.stop_token_ids):
             problems.append("stop_token_ids must be a list of token ids within the vocabulary")
+        if not isinstance(self.logprobs, int) or not 0 <= self.logprobs <= (vocab_size or 1 << 62):
+            problems.append(f"logprobs must be an integer from 0 to the vocabulary size (got {self.logprobs!r})")
         if problems:
             raise InvalidRequest("; ".join(problems))
 

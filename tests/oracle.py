@@ -11,8 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-# Two cores are shared with the engine's workers under test.
-TORCH_THREADS = 2
+# Two cores are shared with the engine's workers under test (conftest also sets 1).
+TORCH_THREADS = 1
 
 
 @functools.cache

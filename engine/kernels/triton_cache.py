@@ -29,27 +29,30 @@ def _store_kv_kernel(
 ):
     token = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_mapping_ptr + token)
-    heads = tl.arange(0, BLOCK_H)
-    dims = tl.arange(0, BLOCK_D)
-    # Slot -1 marks a token whose KV is not kept (e.g. padding): every lane is masked off.
-    mask = (heads < num_heads)[:, None] & (dims < head_dim)[None, :] & (slot >= 0)
-    slot = tl.maximum(slot, 0)
-    dest = (
-        (slot // BLOCK_SIZE) * stride_cache_block
-        + (slot % BLOCK_SIZE) * stride_cache_slot
-        + heads[:, None] * stride_cache_head
-        + dims[None, :]
-    )
-    key = tl.load(
-        key_ptr + token * stride_key_token + heads[:, None] * stride_key_head + dims[None, :],
-        mask=mask,
-    )
-    value = tl.load(
-        value_ptr + token * stride_value_token + heads[:, None] * stride_value_head + dims[None, :],
-        mask=mask,
-    )
-    tl.store(k_cache_ptr + dest, key.to(k_cache_ptr.dtype.element_ty), mask=mask)
-    tl.store(v_cache_ptr + dest, value.to(v_cache_ptr.dtype.element_ty), mask=mask)
+    # Slot -1 marks a token whose KV is not kept (e.g. padding).
+    if slot >= 0:
+        heads = tl.arange(0, BLOCK_H)
+        dims = tl.arange(0, BLOCK_D)
+        mask = (heads < num_heads)[:, None] & (dims < head_dim)[None, :]
+        dest = (
+            (slot // BLOCK_SIZE) * stride_cache_block
+            + (slot % BLOCK_SIZE) * stride_cache_slot
+            + heads[:, None] * stride_cache_head
+            + dims[None, :]
+        )
+        key = tl.load(
+            key_ptr + token * stride_key_token + heads[:, None] * stride_key_head + dims[None, :],
+            mask=mask,
+        )
+        value = tl.load(
+            value_ptr
+            + token * stride_value_token
+            + heads[:, None] * stride_value_head
+            + dims[None, :],
+            mask=mask,
+        )
+        tl.store(k_cache_ptr + dest, key.to(k_cache_ptr.dtype.element_ty), mask=mask)
+        tl.store(v_cache_ptr + dest, value.to(v_cache_ptr.dtype.element_ty), mask=mask)
 
 
 def store_kv(

@@ -1,0 +1,358 @@
+"""The daemon: sockets, the request loop, start-up, signals and shutdown.
+
+One asyncio loop owns the ZeroMQ sockets. Every request runs as its own task, so a long
+load or generation never delays a `status`; model work runs in the engines' processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import logging
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from mgpud import __version__
+from mgpud.ipc import framing, paths
+from mgpud.ipc.client import AsyncClient, probe_socket
+from mgpud.ipc.errors import INTERNAL, DaemonUnavailable, MgpudError
+from mgpud.ipc.framing import RequestId
+from mgpud.ipc.schema import BadRequest, Request, parse_request
+
+from .config import ConfigError, DaemonConfig, load_config, state_dir
+from .handlers import HANDLERS
+from .models import Call, ModelManager
+from .notify import Notifier, watchdog_interval
+from .state import StateStore
+from .telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+SEND_HWM = 100_000  # messages queued per client before frames to it are dropped
+EXTEND_EVERY = 5.0  # seconds between EXTEND_TIMEOUT_USEC messages during start-up loads
+SUN_PATH_MAX = 107  # bytes in a Unix socket path, NUL excluded
+
+
+class StartError(Exception):
+    """The daemon cannot start; the message says why and what to do."""
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.runtime_dir = paths.runtime_dir(config.runtime_dir)
+        self.control_path = paths.control_path(self.runtime_dir)
+        self.events_path = paths.events_path(self.runtime_dir)
+        self.store = StateStore(state_dir(config))
+        self.notifier = Notifier()
+        self.started_at = time.time()
+        self.phase = "starting"  # starting, loading, running, stopping
+        self.counters: Counter[str] = Counter()
+        self.calls: dict[tuple[bytes, RequestId], Call] = {}  # running requests by (client, id)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stop_timeout = config.shutdown_timeout
+        self._stopped: asyncio.Event | None = None
+        self._lock_fd: int | None = None
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    async def run(self) -> int:
+        from mgpud.engine.devices import DeviceSpecError, discover
+
+        try:
+            inventory = discover(self.config.devices, self.config.device_memory)
+        except DeviceSpecError as exc:
+            log.error("%s", exc)
+            return 2
+        self.models = ModelManager(inventory, self.store, lambda e: self.publish("event", e),
+                                   lambda: self.config.engine)
+        self.telemetry = Telemetry(inventory, self.models)
+        self._stopped = asyncio.Event()
+        try:
+            await self._take_runtime_dir()
+        except StartError as exc:
+            log.error("%s", exc)
+            return 1
+        self._open_sockets()
+        try:
+            return await self._serve()
+        finally:
+            self._close_sockets()
+
+    async def _serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        receiver = self._spawn(self._receive())
+        self._spawn(self._publish_telemetry())
+        self._spawn(self._watchdog(receiver))
+        async with AsyncClient(self.runtime_dir, timeout=10.0) as client:
+            await client.call("ping")  # the socket answers: clients can connect from now on
+        log.info("listening on %s (events on %s)", self.control_path, self.events_path)
+        await self._start_models()
+        if not self._stopped.is_set():
+            self.phase = "running"
+            self.notifier.ready(self.status_line())
+            self.publish("event", {"kind": "daemon_ready"})
+        await self._stopped.wait()
+        await self._shutdown()
+        return 0
+
+    async def _start_models(self) -> None:
+        """Bring back the state file's models, then the config's others, before READY=1."""
+        specs = self.store.load() + self.config.models
+        if not specs:
+            return
+        self.phase = "loading"
+        loading = asyncio.ensure_future(self.models.restore(specs))
+        while not loading.done() and not self._stopped.is_set():
+            self.notifier.extend_timeout(3 * EXTEND_EVERY)
+            self.notifier.status(f"loading models: {self.status_line()}")
+            await asyncio.wait([loading, asyncio.ensure_future(self._stopped.wait())],
+                               timeout=EXTEND_EVERY, return_when=asyncio.FIRST_COMPLETED)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Begin a graceful stop (SIGTERM, SIGINT, the shutdown operation); a second
+        request while stopping cancels the generations still running."""
+        assert self._stopped is not None
+        if self._stopped.is_set():
+            log.warning("stop requested again: cancelling running generations")
+            self.models.cancel_all()
+            return
+        if timeout is not None:
+            self._stop_timeout = timeout
+        self.phase = "stopping"
+        self.models.accepting = False
+        self.notifier.stopping()
+        self.publish("event", {"kind": "daemon_stopping", "timeout": self._stop_timeout})
+        self._stopped.set()
+
+    async def _shutdown(self) -> None:
+        log.info("stopping: giving running generations %.0f s", self._stop_timeout)
+        await self.models.shutdown(self._stop_timeout)
+        # Requests still in flight are answered (shutting_down) before the sockets close.
+        pending = [t for t in self._tasks if t.get_name().startswith("request")]
+        if pending:
+            await asyncio.wait(pending, timeout=2.0)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        log.info("stopped")
+
+    def reload(self) -> None:
+        """SIGHUP: read the config again; apply what can change live, load new models."""
+        self.notifier.reloading()
+        try:
+            fresh = load_config(self.config.config_path, self.config.overrides)
+        except ConfigError as exc:
+            log.error("reload failed, keeping the current configuration: %s", exc)
+        else:
+            for key in ("runtime_dir", "state_dir", "devices", "device_memory"):
+                if getattr(fresh, key) != getattr(self.config, key):
+                    log.warning("reload: %s changed; it takes effect at the next restart", key)
+                    setattr(fresh, key, getattr(self.config, key))
+            self.config = fresh
+            if self.phase != "stopping":
+                self._stop_timeout = fresh.shutdown_timeout
+            logging.getLogger().setLevel(fresh.log_level.upper())
+            self._spawn(self.models.restore(fresh.models))
+            log.info("configuration reloaded from %s", fresh.config_path or "flags")
+            self.publish("event", {"kind": "config_reloaded", "path": str(fresh.config_path or "")})
+        self.notifier.ready(self.status_line())
+
+    # -- runtime directory and sockets ----------------------------------------------------
+
+    async def _take_runtime_dir(self) -> None:
+        if len(str(self.control_path).encode()) > SUN_PATH_MAX:
+            raise StartError(f"the runtime directory {self.runtime_dir} is too long for a Unix socket "
+                             f"path ({SUN_PATH_MAX} bytes at most); choose a shorter --runtime-dir")
+        self.runtime_dir.mkdir(mode=0o770, parents=True, exist_ok=True)
+        lock_path = self.runtime_dir / "mgpud.lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise StartError(f"another mgpud holds {lock_path}{await self._other_daemon()}; "
+                             "stop it first (`systemctl stop mgpud` or `mgpud shutdown`)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+        for path in (self.control_path, self.events_path):
+            if path.exists():
+                _check_stale(path)
+                log.info("removing the stale socket %s left by a daemon that is gone", path)
+                path.unlink()
+
+    async def _other_daemon(self) -> str:
+        """Who holds the runtime directory, for the error message."""
+        try:
+            probe_socket(self.control_path)
+            async with AsyncClient(self.runtime_dir, timeout=2.0) as client:
+                pong = await client.call("ping")
+            return f" (pid {pong.get('pid')} answers on {self.control_path})"
+        except (DaemonUnavailable, MgpudError):
+            return " (it does not answer yet: starting, or stuck)"
+
+    def _open_sockets(self) -> None:
+        self.ctx = zmq.asyncio.Context()
+        self.control = self.ctx.socket(zmq.ROUTER)
+        self.control.setsockopt(zmq.MAXMSGSIZE, framing.MAX_REQUEST_BYTES)
+        self.control.setsockopt(zmq.SNDHWM, SEND_HWM)
+        self.control.setsockopt(zmq.LINGER, 1000)
+        self.control.bind(paths.endpoint(self.control_path))
+        self.events = self.ctx.socket(zmq.PUB)
+        self.events.setsockopt(zmq.LINGER, 0)
+        self.events.bind(paths.endpoint(self.events_path))
+
+    def _close_sockets(self) -> None:
+        self.control.close()
+        self.events.close()
+        self.ctx.term()
+        for path in (self.control_path, self.events_path):
+            path.unlink(missing_ok=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+
+    # -- requests -------------------------------------------------------------------------
+
+    async def _receive(self) -> None:
+        while True:
+            frames = await self.control.recv_multipart()
+            try:
+                self._dispatch(frames)
+            except Exception:  # a bug here must cost one message, never the loop
+                log.exception("dispatching a message failed")
+                self.counters["internal_errors"] += 1
+
+    def _dispatch(self, frames: list[bytes]) -> None:
+        envelope, payload = frames[:-1], frames[-1]
+        # DEALER clients send [payload]; REQ clients [b"", payload]; ROUTER adds the identity.
+        if len(envelope) > 2 or (len(envelope) == 2 and envelope[1]):
+            self._refuse(frames[:1], BadRequest("a request is a single frame holding one msgpack map"))
+            return
+        try:
+            req = parse_request(payload)
+        except BadRequest as exc:
+            self._refuse(envelope, exc)
+            return
+        key = (envelope[0], req.id)
+        if key in self.calls:
+            self._refuse(envelope, BadRequest(f"id {req.id!r} is in use by a running request", req.id))
+            return
+        call = Call(emit=lambda data: self.send(envelope, framing.frame(req.id, data)))
+        self.calls[key] = call
+        self._spawn(self._answer(envelope, key, req, call), name=f"request {req.op}")
+
+    def _refuse(self, envelope: list[bytes], exc: BadRequest) -> None:
+        self.counters["malformed"] += 1
+        self.send(envelope, framing.error(exc.req_id, exc.code, exc.message))
+
+    async def _answer(self, envelope: list[bytes], key: tuple[bytes, RequestId], req: Request, call: Call) -> None:
+        self.counters[f"op:{req.op}"] += 1
+        try:
+            reply = framing.ok(req.id, await HANDLERS[req.op](self, req, call))
+        except MgpudError as exc:
+            self.counters[f"error:{exc.code}"] += 1
+            reply = framing.error(req.id, exc.code, exc.message)
+        except Exception as exc:
+            log.exception("%s failed", req.op)
+            self.counters[f"error:{INTERNAL}"] += 1
+            reply = framing.error(req.id, INTERNAL, f"{req.op} failed: {type(exc).__name__}: {exc}")
+        finally:
+            del self.calls[key]
+        self.send(envelope, reply)
+
+    def send(self, envelope: list[bytes], data: bytes) -> None:
+        """Send without waiting: a ROUTER drops what a full or vanished client cannot take."""
+        sent = self.control.send_multipart([*envelope, data], flags=zmq.NOBLOCK)
+        if sent.exception() is not None:
+            self.counters["dropped"] += 1
+
+    def publish(self, topic: str, data: dict[str, Any]) -> None:
+        sent = self.events.send_multipart(framing.event(topic, data, time.time()), flags=zmq.NOBLOCK)
+        sent.exception()  # a PUB socket drops rather than fail; nothing to report
+
+    # -- background tasks -----------------------------------------------------------------
+
+    def _spawn(self, coro: Any, name: str = "task") -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _publish_telemetry(self) -> None:
+        while True:
+            try:
+                await self.telemetry.refresh()
+                self.publish("telemetry", {"daemon": self.summary(), **self.telemetry.snapshot()})
+            except Exception:
+                log.exception("telemetry failed")
+            await asyncio.sleep(self.config.telemetry_interval)
+
+    async def _watchdog(self, receiver: asyncio.Task[None]) -> None:
+        """WATCHDOG=1 while the loop runs and still receives requests."""
+        interval = watchdog_interval()
+        if interval is None:
+            return
+        while not receiver.done():
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+        log.error("the request receiver stopped; withholding the watchdog so systemd restarts us")
+
+    # -- descriptions -----------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "protocol": framing.PROTOCOL_VERSION,
+            "pid": os.getpid(),
+            "state": self.phase,
+            "started_at": self.started_at,
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "requests_running": len(self.calls),
+        }
+
+    def status_line(self) -> str:
+        groups = self.models.groups.values()
+        ready = sum(g.state == "ready" for g in groups)
+        loading = [g for g in groups if g.state == "loading"]
+        text = f"{ready} model(s) ready, {len(self.calls)} request(s) running"
+        if loading and loading[0].progress:
+            p = loading[0].progress
+            text += f"; loading {loading[0].name}: {p['phase']} {p['message']}".rstrip()
+        return text
+
+
+def _check_stale(path: Path) -> None:
+    """Raise StartError when something still listens on `path` (its lock file removed?)."""
+    try:
+        probe_socket(path)
+    except DaemonUnavailable:
+        return
+    raise StartError(f"a process listens on {path} without holding the runtime directory's lock; "
+                     "stop it first (`mgpud shutdown`)")
+
+
+def run_daemon(config: DaemonConfig) -> int:
+    """Run the daemon in the foreground until SIGTERM or a shutdown request; the exit code."""
+    _setup_logging(config.log_level)
+    os.umask(0o007)  # sockets and files group-accessible only: the mgpud group controls the daemon
+    return asyncio.run(Daemon(config).run())
+
+
+def _setup_logging(level: str) -> None:
+    # journald stamps each line itself; a terminal needs the time.
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    logging.basicConfig(level=level.upper(), format=f"{stamp}%(levelname)s %(name)s: %(message)s")

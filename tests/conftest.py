@@ -1,0 +1,34 @@
+"""Session fixtures: tiny random checkpoints (built once) and engine helpers."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from checkpoints import make_tiny_checkpoint  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Random float32 checkpoints: one per architecture, plus tied and sharded variants."""
+    root = tmp_path_factory.mktemp("ckpt")
+    return {
+        "llama": make_tiny_checkpoint(root / "llama", "llama"),
+        "mistral": make_tiny_checkpoint(root / "mistral", "mistral", seed=1),
+        "qwen2": make_tiny_checkpoint(root / "qwen2", "qwen2", seed=2),
+        "llama-tied-sharded": make_tiny_checkpoint(root / "llama-ts", "llama", tied=True, shards=3, seed=3),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_models: dict[str, Path]) -> Path:
+    return tiny_models["llama"]
