@@ -44,7 +44,9 @@ def _time_us(fn: Callable[[], object], iters: int, repeats: int = 5) -> float:
     return statistics.median(samples)
 
 
-def _cases(quick: bool, dtype: torch.dtype) -> Iterator[tuple[str, dict, Callable, Callable, int]]:
+def _cases(
+    quick: bool, dtype: torch.dtype, device: str = "cuda"
+) -> Iterator[tuple[str, dict, Callable, Callable, int]]:
     """Yield (kernel, shape, torch fn, triton fn, bytes the kernel must move at least)."""
     from mgpud.engine.kernels import (
         reference,
@@ -55,7 +57,6 @@ def _cases(quick: bool, dtype: torch.dtype) -> Iterator[tuple[str, dict, Callabl
         triton_rotary,
     )
 
-    device = "cuda"
     size = torch.tensor([], dtype=dtype).element_size()
     batches = [1, 64] if quick else [1, 16, 64, 256]
     contexts = [128, 1024] if quick else [128, 1024, 8192]

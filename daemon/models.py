@@ -64,9 +64,11 @@ def in_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
 
 @dataclass(eq=False)  # hashed by identity: a group holds a set of them
 class Call:
-    """What a generation needs from the request that started it."""
+    """A running request: where its frames go, and how to cancel it."""
 
-    emit: Emit | None  # token frames; None = the client asked for no stream
+    client: bytes  # the ZeroMQ identity of the client that sent it
+    op: str
+    emit: Emit  # sends a frame to the client
     cancelled: bool = False
     on_cancel: Callable[[], None] | None = None
 
@@ -85,6 +87,8 @@ class ModelGroup:
     engine: Any = None  # an LLMEngine once ready
     error: str | None = None
     progress: dict[str, Any] | None = None
+    reasons: list[str] = field(default_factory=list)  # why this shape, when the planner chose it
+    persist: bool = False  # kept in the state file
     loaded_at: float | None = None  # time.time()
     running: int = 0  # generations in flight
     idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -128,6 +132,7 @@ class ModelGroup:
             "devices": [d.id for d in self.devices],
             "error": failure or self.error,
             "progress": self.progress if self.state == "loading" else None,
+            "reasons": self.reasons,
             "loaded_at": self.loaded_at,
             "info": engine.info if engine else None,
             "stats": engine.stats() if engine else None,
@@ -154,30 +159,56 @@ class ModelManager:
 
     # -- load / unload ------------------------------------------------------------------
 
-    async def load(self, args: dict[str, Any], emit: Emit | None) -> dict[str, Any]:
-        """Load a model as the `load` operation describes; returns the group's description."""
-        group = self.begin_load(args)
+    async def load(self, args: dict[str, Any], emit: Emit | None, persist: bool = False) -> dict[str, Any]:
+        """Load a model as the `load` operation describes; returns the group's description.
+        `persist`: keep it in the state file even if it fails (it came from there)."""
+        group = await self.begin_load(args, persist)
         await self.finish_load(group, emit)
         return group.describe()
 
-    def begin_load(self, args: dict[str, Any]) -> ModelGroup:
-        """Check and reserve: name, shape and devices. Raises MgpudError."""
+    async def begin_load(self, args: dict[str, Any], persist: bool = False) -> ModelGroup:
+        """Check the request, choose the shape, reserve the name and devices. Raises MgpudError."""
         self._check_accepting()
         name = args.get("name") or default_name(args["model"])
         old = self.groups.get(name)
         if old is not None and old.state != "failed":
             raise MgpudError(codes.ALREADY_EXISTS, f"a model named {name!r} is already {old.state}; "
                              "unload it first or load under another name")
-        tp, dp = args["tp"] or 1, args["dp"] or 1
-        if dp > 1:
+        if args["dp"] > 1:
             raise MgpudError(codes.UNAVAILABLE, "dp > 1 (data-parallel replicas) is not supported yet; use dp=1")
-        spec = {**args, "name": name, "tp": tp, "dp": dp}
-        spec.pop("wait", None)
-        group = ModelGroup(name, spec, self._allocate(tp * dp, args.get("devices")))
-        self.groups[name] = group
-        self._publish({"kind": "model_loading", "model": name, "tp": tp, "dp": dp,
-                       "devices": [d.id for d in group.devices]})
+        spec = {k: v for k, v in args.items() if k != "wait"} | {"name": name, "dp": 1}
+        group = self.groups[name] = ModelGroup(name, spec, [], persist=persist)  # holds the name while planning
+        try:
+            if not spec["tp"]:
+                spec["tp"], group.reasons = await self._auto_tp(spec)
+            group.devices = self._allocate(spec["tp"], spec.get("devices"))
+        except BaseException:
+            del self.groups[name]
+            raise
+        self._publish({"kind": "model_loading", "model": name, "tp": spec["tp"], "dp": 1,
+                       "devices": [d.id for d in group.devices], "reasons": group.reasons})
         return group
+
+    async def _auto_tp(self, spec: dict[str, Any]) -> tuple[int, list[str]]:
+        """The planner's TP for this model on the free (or named) devices, and its reasons."""
+        from mgpud.engine.errors import EngineError
+
+        devices = (resolve_devices(spec["devices"], self.inventory) if spec.get("devices")
+                   else self._free_devices())
+        if not devices:
+            raise MgpudError(codes.BUSY, "every device is in use; unload a model first")
+        knobs = {k: v for k, v in self._limits(spec).items() if k in ("dtype", "max_model_len", "memory_utilization")}
+        try:
+            plan = await asyncio.to_thread(_plan, spec["model"], devices, knobs)
+        except EngineError as exc:
+            raise MgpudError(codes.LOAD_FAILED, f"planning {spec['model']}: {exc}") from None
+        if plan.chosen is None:
+            raise MgpudError(codes.LOAD_FAILED, f"no shape fits: {'; '.join(plan.reasons)}")
+        tp, dp = plan.chosen
+        reasons = list(plan.reasons)
+        if dp > 1:
+            reasons.append(f"dp=1, not {dp}: this daemon does not run replicas yet")
+        return tp, reasons
 
     async def finish_load(self, group: ModelGroup, emit: Emit | None) -> None:
         loop = asyncio.get_running_loop()
@@ -196,7 +227,7 @@ class ModelManager:
             # unloaded or shutting down while it loaded
             await in_thread(engine.shutdown, name=f"mgpud-stop-{group.name}")
             raise MgpudError(codes.SHUTTING_DOWN, f"{group.name} was unloaded while it loaded")
-        group.engine, group.state, group.loaded_at = engine, "ready", time.time()
+        group.engine, group.state, group.loaded_at, group.persist = engine, "ready", time.time(), True
         log.info("%s ready: %s", group.name, engine.info)
         self._publish({"kind": "model_ready", "model": group.name, "info": engine.info})
         await self.save()
@@ -220,21 +251,22 @@ class ModelManager:
         await self.save()
         return {"name": name, "unloaded": True}
 
-    async def restore(self, specs: list[dict[str, Any]]) -> None:
-        """Load, one after the other, the models of the state file and the config."""
+    async def restore(self, specs: list[dict[str, Any]], persist: bool) -> None:
+        """Load, one after the other, models from the state file or the config."""
         for spec in specs:
             if not self.accepting:
                 return
             if (spec.get("name") or default_name(spec["model"])) in self.groups:
                 continue
             try:
-                await self.load(spec, None)
+                await self.load(spec, None, persist)
             except MgpudError as exc:
                 log.error("could not restore %s: %s", spec.get("name") or spec["model"], exc)
 
     async def save(self) -> None:
-        """Write the state file: ready models, and failed ones so a restart tries again."""
-        specs = [g.spec for g in self.groups.values() if g.state in ("ready", "failed", "unloading")]
+        """Write the state file: the models that were ready once or came from it; a restart
+        loads them again (a failed one gets another try)."""
+        specs = [g.spec for g in self.groups.values() if g.persist]
         try:
             await asyncio.to_thread(self._store.save, specs)
         except OSError as exc:
@@ -243,7 +275,8 @@ class ModelManager:
     # -- generation ---------------------------------------------------------------------
 
     async def generate(self, args: dict[str, Any], call: Call) -> dict[str, Any]:
-        """Run one generation; token frames go to call.emit; returns the final result."""
+        """Run one generation; token frames go to call.emit unless args["stream"] is false;
+        returns the final result."""
         from mgpud.engine.sampling import SamplingParams
 
         self._check_accepting()
@@ -272,7 +305,7 @@ class ModelManager:
             call.on_cancel = lambda: group.engine.cancel(stream.request_id)
             if call.cancelled:
                 call.cancel()
-            return await self._collect(group, outputs, call)
+            return await self._collect(group, outputs, call, args["stream"])
         except Exception as exc:
             group.requests_failed += 1
             raise _generation_error(group.name, exc) from None
@@ -282,7 +315,8 @@ class ModelManager:
             if group.running == 0:
                 group.idle.set()
 
-    async def _collect(self, group: ModelGroup, outputs: asyncio.Queue[Any], call: Call) -> dict[str, Any]:
+    async def _collect(self, group: ModelGroup, outputs: asyncio.Queue[Any], call: Call,
+                       stream: bool) -> dict[str, Any]:
         token_ids: list[int] = []
         text: list[str] = []
         while True:
@@ -290,7 +324,7 @@ class ModelManager:
             token_ids += out.new_token_ids
             text.append(out.new_text)
             group.count_tokens(len(out.new_token_ids))
-            if call.emit and (out.new_text or out.new_token_ids):
+            if stream and (out.new_text or out.new_token_ids):
                 call.emit({"text": out.new_text, "token_ids": out.new_token_ids})
             if out.finished:
                 break
@@ -349,6 +383,10 @@ class ModelManager:
         if not self.accepting:
             raise MgpudError(codes.SHUTTING_DOWN, "the daemon is shutting down and takes no new work")
 
+    def _free_devices(self) -> list[Device]:
+        taken = self.holders()
+        return [d for d in self.inventory if d.id not in taken]
+
     def _allocate(self, count: int, names: list[str] | None) -> list[Device]:
         taken = self.holders()
         if names:
@@ -360,19 +398,22 @@ class ModelManager:
             if busy:
                 raise MgpudError(codes.BUSY, f"device(s) in use: {', '.join(busy)}")
             return chosen
-        free = [d for d in self.inventory if d.id not in taken]
+        free = self._free_devices()
         if len(free) < count:
             raise MgpudError(codes.BUSY, f"tp x dp = {count} needs {count} free devices; "
                              f"{len(free)} of {len(self.inventory)} are free; unload a model or use a smaller shape")
         return free[:count]
 
+    def _limits(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """The engine limits a load asked for, else the config's defaults; unset ones left out."""
+        merged = self._engine_defaults() | {k: spec[k] for k in ENGINE_KEYS if spec.get(k) is not None}
+        return {k: v for k, v in merged.items() if v is not None}
+
     def _engine_config(self, group: ModelGroup) -> dict[str, Any]:
-        defaults = self._engine_defaults()
-        limits = {k: group.spec[k] if group.spec.get(k) is not None else defaults.get(k) for k in ENGINE_KEYS}
         first = group.devices[0]
         cpu = {"device_memory": first.memory_total, "threads_per_device": first.threads} if first.kind == "cpu" else {}
         return {"model": group.spec["model"], "tp": group.spec["tp"], "devices": [d.id for d in group.devices],
-                **cpu, **{k: v for k, v in limits.items() if v is not None}}
+                **cpu, **self._limits(group.spec)}
 
 
 class _ProgressRelay:
@@ -395,6 +436,15 @@ class _ProgressRelay:
         if self._emit:
             self._emit(data)
         self._publish({"kind": "model_progress", "model": self._group.name, **data})
+
+
+def _plan(model: str, devices: list[Device], knobs: dict[str, Any]) -> Any:
+    """The planner's Plan for `model` on `devices` (in a thread: it reads config.json, and
+    the first use of "demo" converts the demo model)."""
+    from mgpud.engine.demo import resolve_model
+    from mgpud.engine.planner import plan, pool_from_devices
+
+    return plan(resolve_model(model), pool_from_devices(devices), dp=1, **knobs)
 
 
 def _construct(config: dict[str, Any], progress: Callable[[Any], None]) -> Any:

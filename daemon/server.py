@@ -58,7 +58,7 @@ class Daemon:
         self.counters: Counter[str] = Counter()
         self.calls: dict[tuple[bytes, RequestId], Call] = {}  # running requests by (client, id)
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._stop_timeout = config.shutdown_timeout
+        self.stop_timeout = config.shutdown_timeout
         self._stopped: asyncio.Event | None = None
         self._lock_fd: int | None = None
 
@@ -92,9 +92,9 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        receiver = self._spawn(self._receive())
-        self._spawn(self._publish_telemetry())
-        self._spawn(self._watchdog(receiver))
+        receiver = self.spawn(self._receive())
+        self.spawn(self._publish_telemetry())
+        self.spawn(self._watchdog(receiver))
         async with AsyncClient(self.runtime_dir, timeout=10.0) as client:
             await client.call("ping")  # the socket answers: clients can connect from now on
         log.info("listening on %s (events on %s)", self.control_path, self.events_path)
@@ -109,16 +109,20 @@ class Daemon:
 
     async def _start_models(self) -> None:
         """Bring back the state file's models, then the config's others, before READY=1."""
-        specs = self.store.load() + self.config.models
-        if not specs:
+        saved = self.store.load()
+        if not saved and not self.config.models:
             return
         self.phase = "loading"
-        loading = asyncio.ensure_future(self.models.restore(specs))
+        loading = asyncio.ensure_future(self._restore(saved))
         while not loading.done() and not self._stopped.is_set():
             self.notifier.extend_timeout(3 * EXTEND_EVERY)
             self.notifier.status(f"loading models: {self.status_line()}")
             await asyncio.wait([loading, asyncio.ensure_future(self._stopped.wait())],
                                timeout=EXTEND_EVERY, return_when=asyncio.FIRST_COMPLETED)
+
+    async def _restore(self, saved: list[dict[str, Any]]) -> None:
+        await self.models.restore(saved, persist=True)
+        await self.models.restore(self.config.models, persist=False)
 
     def stop(self, timeout: float | None = None) -> None:
         """Begin a graceful stop (SIGTERM, SIGINT, the shutdown operation); a second
@@ -129,16 +133,16 @@ class Daemon:
             self.models.cancel_all()
             return
         if timeout is not None:
-            self._stop_timeout = timeout
+            self.stop_timeout = timeout
         self.phase = "stopping"
         self.models.accepting = False
         self.notifier.stopping()
-        self.publish("event", {"kind": "daemon_stopping", "timeout": self._stop_timeout})
+        self.publish("event", {"kind": "daemon_stopping", "timeout": self.stop_timeout})
         self._stopped.set()
 
     async def _shutdown(self) -> None:
-        log.info("stopping: giving running generations %.0f s", self._stop_timeout)
-        await self.models.shutdown(self._stop_timeout)
+        log.info("stopping: giving running generations %.0f s", self.stop_timeout)
+        await self.models.shutdown(self.stop_timeout)
         # Requests still in flight are answered (shutting_down) before the sockets close.
         pending = [t for t in self._tasks if t.get_name().startswith("request")]
         if pending:
@@ -162,9 +166,9 @@ class Daemon:
                     setattr(fresh, key, getattr(self.config, key))
             self.config = fresh
             if self.phase != "stopping":
-                self._stop_timeout = fresh.shutdown_timeout
+                self.stop_timeout = fresh.shutdown_timeout
             logging.getLogger().setLevel(fresh.log_level.upper())
-            self._spawn(self.models.restore(fresh.models))
+            self.spawn(self.models.restore(fresh.models, persist=False))
             log.info("configuration reloaded from %s", fresh.config_path or "flags")
             self.publish("event", {"kind": "config_reloaded", "path": str(fresh.config_path or "")})
         self.notifier.ready(self.status_line())
@@ -251,9 +255,9 @@ class Daemon:
         if key in self.calls:
             self._refuse(envelope, BadRequest(f"id {req.id!r} is in use by a running request", req.id))
             return
-        call = Call(emit=lambda data: self.send(envelope, framing.frame(req.id, data)))
+        call = Call(envelope[0], req.op, lambda data: self.send(envelope, framing.frame(req.id, data)))
         self.calls[key] = call
-        self._spawn(self._answer(envelope, key, req, call), name=f"request {req.op}")
+        self.spawn(self._answer(envelope, key, req, call), name=f"request {req.op}")
 
     def _refuse(self, envelope: list[bytes], exc: BadRequest) -> None:
         self.counters["malformed"] += 1
@@ -286,7 +290,7 @@ class Daemon:
 
     # -- background tasks -----------------------------------------------------------------
 
-    def _spawn(self, coro: Any, name: str = "task") -> asyncio.Task[Any]:
+    def spawn(self, coro: Any, name: str = "task") -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

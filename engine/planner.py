@@ -65,7 +65,11 @@ def param_groups(cfg: ModelConfig) -> ParamGroups:
 
 def weight_bytes(cfg: ModelConfig, dtype: str, tp: int) -> int:  # bytes per device
     g, wide = param_groups(cfg), activation_bytes(dtype)
-    return -(-g.linear * DTYPES[dtype] // tp) - (-g.sharded * wide // tp) + g.replicated * wide
+    return _ceil_div(g.linear * DTYPES[dtype], tp) + _ceil_div(g.sharded * wide, tp) + g.replicated * wide
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def kv_bytes_per_token(cfg: ModelConfig, dtype: str, tp: int) -> int:  # bytes per device
@@ -220,8 +224,8 @@ def plan(model: ModelConfig | str | Path, devices: DevicePool | str | None = Non
     knee = knee_tp(cfg, ask.hw, wdtype, valid, concurrency, ask.length // 2) if ask.hw else None
     chosen, reasons = (_explicit(ask, shapes, pool.count, tp, dp) if tp
                        else _auto(ask, shapes, pool, dp))
-    if chosen and knee:
-        reasons.append(_knee_reason(ask, chosen[0], knee, valid))
+    if chosen and knee and (text := _knee_reason(chosen[0], knee, valid)):
+        reasons.append(text)
     return Plan(label, cfg.architecture, cfg.param_count(), pool.label, pool.count, pool.memory,
                 ask.budget, wdtype, kv_dtype(wdtype), ask.length, concurrency, memory_utilization,
                 block_size, shapes, _impossible(cfg, pool.count), knee, chosen, reasons,
@@ -301,7 +305,7 @@ def _shape(ask: _Ask, tp: int, dp: int) -> Shape:
     per_token = kv_bytes_per_token(ask.cfg, ask.dtype, tp)
     room = max(0, ask.budget - weights)
     tokens = room // (per_token * ask.block_size) * ask.block_size
-    sequences = tokens // (-(-ask.length // ask.block_size) * ask.block_size)
+    sequences = tokens // (_ceil_div(ask.length, ask.block_size) * ask.block_size)
     batch = min(ask.concurrency, sequences)
     step = decode_step(ask.cfg, ask.hw, ask.dtype, tp, batch, ask.length // 2) if ask.hw and batch else None
     rate = dp * batch / step.total if step else (0.0 if ask.hw else None)
@@ -330,8 +334,8 @@ def _explicit(ask: _Ask, shapes: list[Shape], count: int, tp: int,
     if tp * max(dp, 1) > count:
         return None, [f"tp={tp} x dp={max(dp, 1)} needs {tp * max(dp, 1)} devices; {count} available"]
     shape = next(s for s in shapes if (s.tp, s.dp) == (tp, dp))
-    reasons = [f"tp={tp}, dp={dp} as asked" + ("" if dp * tp == count else
-                                               f"; {count - tp * dp} device(s) left idle")]
+    idle = count - tp * dp
+    reasons = [f"tp={tp}, dp={dp} as asked" + (f"; {_count(idle, 'device')} left idle" if idle else "")]
     if not shape.fits:
         reasons.append(f"it does not fit: {shape.why}")
     return (tp, dp), reasons
@@ -358,16 +362,26 @@ def _auto(ask: _Ask, shapes: list[Shape], pool: DevicePool,
                        "--max-model-len or the concurrency, or use fp8/int8 weights")
     replicas = dp or pool.count // pick.tp
     idle = pool.count - replicas * pick.tp
-    reasons.append(f"dp={replicas}: " + (f"{pool.count} devices // tp={pick.tp}" if not dp else "as asked")
-                   + (f"; {idle} device(s) left idle" if idle else ""))
+    reasons.append(f"dp={replicas}: " + (f"{_count(pool.count, 'device')} // tp={pick.tp}" if not dp
+                                         else "as asked")
+                   + (f"; {_count(idle, 'device')} left idle" if idle else ""))
     return (pick.tp, replicas), reasons
 
 
-def _knee_reason(ask: _Ask, tp: int, knee: int, valid: list[int]) -> str:
-    where = (f"tp={tp} is past it: the extra devices would serve more as replicas" if tp > knee
-             else "a larger TP adds decode throughput" if tp < knee else "the chosen TP is at it")
-    past = "" if knee == valid[-1] else f" (a larger TP adds < {MIN_GAIN:.0%} decode throughput per replica)"
-    return f"diminishing returns past tp={knee}{past}; {where}"
+def _knee_reason(tp: int, knee: int, valid: list[int]) -> str | None:
+    if len(valid) == 1:
+        return None
+    if knee == valid[-1]:
+        return (f"the decode estimate keeps improving up to tp={knee}, the largest TP these "
+                "devices allow: no diminishing-returns point below it")
+    after = valid[valid.index(knee) + 1]
+    reason = (f"diminishing returns past tp={knee}: tp={after} adds less than {MIN_GAIN:.0%} "
+              "decode throughput per replica")
+    return reason + (f"; tp={tp} is past it, its devices would serve more as replicas" if tp > knee else "")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _indivisible(cfg: ModelConfig, tp: int) -> str:
@@ -415,7 +429,7 @@ def format_table(plan: Plan) -> str:
 
 
 def _row(plan: Plan, s: Shape) -> tuple[str, ...]:
-    rate = "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}"
+    rate = f"{s.tokens_per_s:,.0f}" if s.fits and s.tokens_per_s is not None else "-"
     return ("*" if (s.tp, s.dp) == plan.chosen else "", str(s.tp), str(s.dp), "yes" if s.fits else "no",
             fmt_bytes(s.weights_per_device), fmt_bytes(s.kv_bytes_per_token), f"{s.kv_tokens:,}",
             str(s.sequences), fmt_bytes(s.allreduce_bytes_per_token), fmt_bytes(s.allreduce_bytes_per_step),

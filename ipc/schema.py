@@ -168,7 +168,7 @@ OPS: dict[str, Op] = {
         "The planner's candidate shapes for a model on this daemon's devices.",
         {
             "model": Arg("str", required=True, help="a model directory, config.json, preset name or 'demo'"),
-            "dtype": _ENGINE_LIMITS["dtype"],
+            "dtype": Arg("str", choices=DTYPES + ("fp8", "int8"), help="weights dtype"),
             "max_model_len": _ENGINE_LIMITS["max_model_len"],
             "memory_utilization": _ENGINE_LIMITS["memory_utilization"],
             "concurrency": Arg("int", low=1, high=1 << 16, help="sequences of max_model_len to hold at once"),
