@@ -12,8 +12,7 @@ from typing import Any
 
 # What an operator can do about the failures that have a remedy.
 _HINTS = {
-    "NVMLError_LibraryNotFound": "no NVIDIA driver on this host (libnvidia-ml.so.1 not found); "
-                                 "CPU devices are used instead",
+    "NVMLError_LibraryNotFound": "no NVIDIA driver on this host: libnvidia-ml.so.1 not found",
     "NVMLError_DriverNotLoaded": "the NVIDIA kernel driver is not loaded; check `nvidia-smi`",
     "NVMLError_NoPermission": "permission denied; run as a user allowed to query the GPU",
     "NVMLError_NotSupported": "this GPU or driver does not report it",
@@ -50,4 +49,4 @@ def read(mod: ModuleType, what: str, fn: str, *args: Any) -> tuple[Any, str | No
 def explain(what: str, exc: Exception) -> str:
     hint = _HINTS.get(type(exc).__name__)
     text = f"{what} unavailable: {str(exc) or type(exc).__name__}"
-    return f"{text} ({hint})" if hint else text
+    return f"{text}; {hint}" if hint else text

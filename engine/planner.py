@@ -14,11 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ModelConfig
-from .devices import Device, DeviceSpecError, discover
+from .config import SUPPORTED_ARCHITECTURES, ModelConfig
 from .errors import EngineError
-from .presets import (HARDWARE, MODEL_PRESETS, RUNTIME_MEMORY, DevicePool, Hardware, cpu_hardware,
-                      describe, hardware_for_gpu, model_preset)
+from .presets import (MODEL_PRESETS, RUNTIME_MEMORY, DevicePool, Hardware, model_preset,
+                      resolve_devices)
 
 DTYPES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}  # bytes per weight
 _DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16",
@@ -27,7 +26,7 @@ MIN_GAIN = 0.10  # a larger tp must add this much decode throughput to count as 
 
 
 class PlanError(EngineError):
-    """The plan cannot be made as asked: unknown model, dtype or devices, or a bad knob."""
+    """The plan cannot be made as asked: unknown model or dtype, or a knob out of range."""
 
 
 def normalize_dtype(name: str) -> str:
@@ -234,13 +233,17 @@ def plan(model: ModelConfig | str | Path, devices: DevicePool | str | None = Non
 
 def _check_knobs(max_model_len: int | None, concurrency: int, utilization: float, tp: int,
                  dp: int, block_size: int) -> None:
-    problems = [text for bad, text in (
-        (max_model_len is not None and max_model_len < 1, f"max_model_len must be >= 1 (got {max_model_len})"),
-        (concurrency < 1, f"concurrency must be >= 1 (got {concurrency})"),
-        (not 0 < utilization <= 1, f"memory utilization must be in (0, 1] (got {utilization})"),
-        (tp < 0 or dp < 0, f"tp and dp must be >= 0, 0 = automatic (got tp={tp}, dp={dp})"),
-        (block_size < 1 or block_size & (block_size - 1), f"block size must be a power of two (got {block_size})"),
-    ) if bad]
+    problems = []
+    if max_model_len is not None and max_model_len < 1:
+        problems.append(f"max_model_len must be >= 1 (got {max_model_len})")
+    if concurrency < 1:
+        problems.append(f"concurrency must be >= 1 (got {concurrency})")
+    if not 0 < utilization <= 1:
+        problems.append(f"memory utilization must be in (0, 1] (got {utilization})")
+    if tp < 0 or dp < 0:
+        problems.append(f"tp and dp must be >= 0, 0 = automatic (got tp={tp}, dp={dp})")
+    if block_size < 1 or block_size & (block_size - 1):
+        problems.append(f"block size must be a power of two (got {block_size})")
     if problems:
         raise PlanError("; ".join(problems))
 
@@ -261,43 +264,10 @@ def load_model(model: ModelConfig | str | Path) -> tuple[ModelConfig, str]:
     return preset, str(model)
 
 
-def resolve_devices(spec: str | None, device_memory: int | None = None) -> DevicePool:
-    """The pool a description names ("8xH100-80GB", "cpu:4"), else the devices discovered."""
-    described = describe(spec, device_memory) if spec else None
-    if described:
-        return described
-    try:
-        return pool_from_devices(discover(spec, device_memory))
-    except DeviceSpecError:
-        raise PlanError(f"devices {spec!r}: neither discoverable (auto, cpu:N, 0,1) nor a "
-                        f"description such as 8xH100-80GB (known: {', '.join(HARDWARE)})") from None
-
-
-def pool_from_devices(found: list[Device]) -> DevicePool:
-    usable = [d for d in found if d.available and d.memory_total]
-    notes = [f"{d.id} left out: {d.error or 'its memory size is unavailable'}"
-             for d in found if not (d.available and d.memory_total)]
-    if not usable:
-        raise PlanError("no usable device: " + "; ".join(notes or ["none found"]))
-    first, count = usable[0], len(usable)
-    memory = min(d.memory_total for d in usable)
-    free = min((d.memory_free for d in usable if d.memory_free is not None), default=None)
-    if len({d.name for d in usable}) > 1:
-        notes.append("the devices differ; planning with the smallest memory and the first one's figures")
-    if first.kind == "cpu":
-        return DevicePool(f"cpu:{count}", "cpu", count, memory, cpu_hardware(count, memory), free,
-                          tuple(notes))
-    hardware = hardware_for_gpu(first.name)
-    if hardware is None:
-        notes.append(f"no figures for {first.name}: throughput not estimated")
-    return DevicePool(f"{count}x {first.name}", "cuda", count, memory, hardware, free, tuple(notes))
-
-
 def device_budget(pool: DevicePool, utilization: float) -> int:  # bytes for weights and KV per device
-    allowed = int(pool.memory * utilization)
-    if pool.free is not None:
-        allowed = min(allowed, pool.free)  # other processes already hold part of the device
-    return allowed - RUNTIME_MEMORY[pool.kind]
+    # Counted as the engine counts at load time: the utilization share of the whole device,
+    # less what other processes already hold on it and the runtime's own share.
+    return int(pool.memory * utilization) - pool.in_use - RUNTIME_MEMORY[pool.kind]
 
 
 def _shape(ask: _Ask, tp: int, dp: int) -> Shape:
@@ -344,6 +314,8 @@ def _explicit(ask: _Ask, shapes: list[Shape], count: int, tp: int,
 def _auto(ask: _Ask, shapes: list[Shape], pool: DevicePool,
           dp: int) -> tuple[tuple[int, int] | None, list[str]]:
     limit = pool.count // dp if dp else pool.count
+    if limit < 1:
+        return None, [f"dp={dp} needs at least {_count(dp, 'device')}; {pool.count} available"]
     singles = [s for s in shapes if s.dp == 1 and s.tp <= limit]
     enough = next((s for s in singles if s.sequences >= ask.concurrency), None)
     pick = enough or next((s for s in singles if s.fits), None)
@@ -355,7 +327,8 @@ def _auto(ask: _Ask, shapes: list[Shape], pool: DevicePool,
         need = ask.concurrency * ask.length * pick.kv_bytes_per_token
         reasons.append(f"tp={pick.tp} is the smallest TP that holds the weights "
                        f"({fmt_bytes(pick.weights_per_device)}) and KV for {ask.concurrency} sequences "
-                       f"of {ask.length} tokens ({fmt_bytes(need)} of {fmt_bytes(pick.kv_per_device)}) per device")
+                       f"of {ask.length} tokens ({fmt_bytes(need)} of {fmt_bytes(pick.kv_per_device)}) "
+                       "per device")
     else:
         reasons.append(f"no TP up to {limit} holds {ask.concurrency} sequences of {ask.length} tokens; "
                        f"tp={pick.tp} is the smallest that fits, holding {pick.sequences}: lower "
@@ -398,6 +371,8 @@ def _impossible(cfg: ModelConfig, count: int) -> dict[int, str]:
 def _notes(ask: _Ask) -> list[str]:
     notes = ["KV room excludes activations: the engine measures them at load time and takes "
              "them from it"]
+    if ask.cfg.architecture not in SUPPORTED_ARCHITECTURES:
+        notes.append(f"{ask.cfg.architecture}: a plan only; this engine does not serve it yet")
     if ask.hw:
         notes.append(f"tok/s: decode estimate on {ask.hw.name} with batch = min(concurrency, "
                      f"sequences) per replica, each sequence {ask.length // 2} tokens in")
@@ -406,12 +381,12 @@ def _notes(ask: _Ask) -> list[str]:
 
 # ---------------------------------------------------------------- rendering
 
+_UNITS = ("B", "KiB", "MiB", "GiB")
+
+
 def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+    exp = min(len(_UNITS) - 1, max(0, int(abs(n)).bit_length() - 1) // 10)
+    return f"{n:.0f} B" if exp == 0 else f"{n / 1024 ** exp:.1f} {_UNITS[exp]}"
 
 
 _COLUMNS = ("", "tp", "dp", "fits", "weights/dev", "KV/token/dev", "KV tokens/replica", "seqs",

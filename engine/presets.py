@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from .config import ModelConfig
 from .demo import DEMO_NAME
-from .devices import cpu_device_memory, host_cores
+from .devices import Device, DeviceSpecError, cpu_device_memory, discover, host_cores
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -64,8 +64,9 @@ _MODEL_ALIASES = {"mistral-7b-v0.3": "Mistral-7B", "mixtral-8x7b-v0.1": "Mixtral
 
 
 def model_preset(name: str) -> ModelConfig | None:
-    """The preset `name` designates: "Llama-3.1-70B", "meta-llama/Llama-3.1-70B-Instruct", "demo"."""
-    key = name.rsplit("/", 1)[-1].lower().removesuffix("-instruct")
+    """The preset `name` designates: "Llama-3.1-70B", "meta-llama/Llama-3.1-70B-Instruct",
+    "mistralai/Mistral-7B-Instruct-v0.3", "demo" (instruct variants share the architecture)."""
+    key = name.rsplit("/", 1)[-1].lower().replace("-instruct", "")
     key = _MODEL_ALIASES.get(key, key)
     for preset, raw in MODEL_PRESETS.items():
         if preset.lower() == key.lower():
@@ -118,7 +119,7 @@ class DevicePool:
     count: int
     memory: int  # bytes per device (the smallest when they differ)
     hardware: Hardware | None  # None: figures unknown, no throughput estimate
-    free: int | None = None  # bytes free now on the fullest device; None for described hardware
+    in_use: int = 0  # bytes other processes hold now on the busiest device
     notes: tuple[str, ...] = ()
 
 
@@ -134,17 +135,51 @@ def describe(spec: str, device_memory: int | None = None) -> DevicePool | None:
     if text.lower().startswith("cpu:") and text[4:].isdigit() and int(text[4:]) > 0:
         return cpu_pool(int(text[4:]), device_memory)
     match = _DESCRIPTION.match(text)
-    hardware = next((h for name, h in HARDWARE.items()
-                     if match and name.lower() == match.group(2).lower()), None)
-    if hardware is None or int(match.group(1) or 1) < 1:
+    if match is None:
         return None
-    count = int(match.group(1) or 1)
+    count, model = int(match.group(1) or 1), match.group(2).lower()
+    hardware = next((h for name, h in HARDWARE.items() if name.lower() == model), None)
+    if hardware is None or count < 1:
+        return None
     return DevicePool(f"{count}x {hardware.name}", "cuda", count, hardware.memory, hardware)
 
 
 def cpu_pool(count: int, device_memory: int | None = None) -> DevicePool:
     memory = device_memory or cpu_device_memory(count)
     return DevicePool(f"cpu:{count}", "cpu", count, memory, cpu_hardware(count, memory))
+
+
+def resolve_devices(spec: str | None, device_memory: int | None = None) -> DevicePool:
+    """The pool a description names ("8xH100-80GB", "cpu:4"), else the devices discovered."""
+    described = describe(spec, device_memory) if spec else None
+    if described:
+        return described
+    try:
+        found = discover(spec, device_memory)
+    except DeviceSpecError:
+        raise DeviceSpecError(f"devices {spec!r}: neither discoverable (auto, cpu:N, 0,1) nor a "
+                              f"description such as 8xH100-80GB (known: {', '.join(HARDWARE)})") from None
+    return pool_from_devices(found)
+
+
+def pool_from_devices(found: list[Device]) -> DevicePool:
+    usable = [d for d in found if d.available and d.memory_total]
+    notes = [f"{d.id} left out: {d.error or 'its memory size is unavailable'}"
+             for d in found if not (d.available and d.memory_total)]
+    if not usable:
+        raise DeviceSpecError("no usable device: " + "; ".join(notes or ["none found"]))
+    first, count = usable[0], len(usable)
+    memory = min(d.memory_total for d in usable)
+    in_use = max(d.memory_used or 0 for d in usable)
+    if len({d.name for d in usable}) > 1:
+        notes.append("the devices differ; planning with the smallest memory and the first one's figures")
+    if first.kind == "cpu":
+        return DevicePool(f"cpu:{count}", "cpu", count, memory, cpu_hardware(count, memory), in_use,
+                          tuple(notes))
+    hardware = hardware_for_gpu(first.name)
+    if hardware is None:
+        notes.append(f"no figures for {first.name}: throughput not estimated")
+    return DevicePool(f"{count}x {first.name}", "cuda", count, memory, hardware, in_use, tuple(notes))
 
 
 CPU_ALLREDUCE_LATENCY = 0.5e-3  # s: gloo, 2 processes, decode-sized tensor (measured here: 0.3-0.7 ms)

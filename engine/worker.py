@@ -77,7 +77,7 @@ class Worker:
         self.group = TPGroup(a.rank, a.tp)
         if a.tp > 1:
             self._init_distributed()
-        progress = (lambda p: self.send("progress", progress=p)) if a.rank == 0 else None
+        progress = self._progress if a.rank == 0 else None
         cfg = ModelConfig.from_dir(Path(a.model_dir))
         self.runner = ModelRunner(cfg, Path(a.model_dir), self.group, self.device, a.dtype,
                                   a.max_model_len, a.block_size, progress)
@@ -89,6 +89,13 @@ class Worker:
         self.send("ready", rank=a.rank, pid=os.getpid(), weight_bytes=self.runner.weight_bytes,
                   peak_activation_bytes=peak, num_blocks=num_blocks,
                   kv_bytes=num_blocks * self.runner.kv_block_bytes)
+
+    def _progress(self, p) -> None:
+        # One message per tensor would flood the owner: report every ~1% of the bytes.
+        step = max(1, p.bytes_total // 100)
+        if p.bytes_done >= getattr(self, "_reported", 0) + step or p.tensors_done == p.tensors_total:
+            self._reported = p.bytes_done
+            self.send("progress", progress=p)
 
     def _init_distributed(self) -> None:
         import torch.distributed as dist

@@ -32,3 +32,11 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_llama(tiny_models: dict[str, Path]) -> Path:
     return tiny_models["llama"]
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> Path:
+    """SmolLM2-135M-Instruct in the user's cache, prepared once (about 30 s the first time)."""
+    from mgpud.engine.demo import demo_model_dir
+
+    return demo_model_dir()
