@@ -89,6 +89,14 @@ class ModelConfig:
             raise ModelLoadError(f"architecture {self.architecture} is not supported; "
                                  f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
 
+    def resolve_max_model_len(self, wanted: int | None) -> int:
+        # Within a sliding window, full attention is exact; past it, we would be wrong.
+        limit = min(self.max_position_embeddings, self.sliding_window or self.max_position_embeddings)
+        if wanted is not None and wanted > limit:
+            raise ModelLoadError(f"max_model_len={wanted} exceeds what this model attends to "
+                                 f"({limit} tokens); use at most {limit}")
+        return wanted or limit
+
     def valid_tp_degrees(self, limit: int = 64) -> list[int]:
         return [tp for tp in range(1, limit + 1)
                 if self.num_heads % tp == 0 and self.num_kv_heads % tp == 0]

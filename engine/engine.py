@@ -26,6 +26,7 @@ from .config import EngineConfig, ModelConfig
 from .demo import resolve_model
 from .errors import EngineDead, EngineError, InvalidRequest, ModelLoadError
 from .loader import LoadProgress, checkpoint_files
+from .prompts import prompt_ids
 from .outputs import RequestOutput, RequestState, RequestStream
 from .sampling import SamplingParams
 from .tokenizer import Tokenizer
@@ -44,8 +45,10 @@ def default_devices(tp: int) -> list[str]:
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig, progress: ProgressFn | None = None):
+    def __init__(self, config: EngineConfig, progress: ProgressFn | None = None,
+                 on_failure: Callable[[str], None] | None = None):
         config.check()
+        self._on_failure = on_failure
         self.config = config
         self.model_dir = resolve_model(config.model, (lambda m: progress(LoadProgress("prepare", message=m)))
                                        if progress else None)
@@ -54,7 +57,7 @@ class LLMEngine:
         self.model_config.check_tp(config.tp)
         checkpoint_files(self.model_dir)
         self.tokenizer = Tokenizer(self.model_dir)
-        self.max_model_len = self._max_model_len()
+        self.max_model_len = self.model_config.resolve_max_model_len(config.max_model_len)
         self.devices = config.devices or default_devices(config.tp)
         if len(self.devices) != config.tp:
             raise ModelLoadError(f"tp={config.tp} needs {config.tp} devices, got {len(self.devices)}: {self.devices}")
@@ -83,16 +86,6 @@ class LLMEngine:
             threading.Thread(target=self._watch, args=(proc,), daemon=True).start()
 
     # -- start-up ---------------------------------------------------------------------
-
-    def _max_model_len(self) -> int:
-        # Within a sliding window, full attention is exact; past it, we would be wrong.
-        cfg = self.model_config
-        limit = min(cfg.max_position_embeddings, cfg.sliding_window or cfg.max_position_embeddings)
-        wanted = self.config.max_model_len or limit
-        if wanted > limit:
-            raise ModelLoadError(f"max_model_len={wanted} exceeds what this model attends to "
-                                 f"({limit} tokens); use at most {limit}")
-        return wanted
 
     def _dtype(self) -> str:
         return self.config.dtype_name(on_cuda=self.devices[0].startswith("cuda"))
@@ -150,10 +143,7 @@ class LLMEngine:
                     on_output: Callable[[RequestOutput], None] | None = None) -> RequestStream:
         params = params or SamplingParams()
         params.check(self.model_config.vocab_size)
-        ids = self._prompt_ids(prompt, messages)
-        if len(ids) + 1 > self.max_model_len:
-            raise InvalidRequest(f"prompt is {len(ids)} tokens but max_model_len is {self.max_model_len}: "
-                                 "shorten the prompt or load the model with a larger max_model_len")
+        ids = prompt_ids(self.tokenizer, self.model_config.vocab_size, self.max_model_len, prompt, messages)
         request_id = request_id or f"req-{next(_ids)}-{uuid.uuid4().hex[:8]}"
         stream = RequestStream(request_id)
         state = RequestState(request_id, ids, params, self.tokenizer.detokenizer(ids), on_output or stream.put)
@@ -168,28 +158,6 @@ class LLMEngine:
             self._send("add", request_id=request_id, token_ids=ids, params=params.to_dict(),
                        eos_ids=sorted(self.tokenizer.eos_ids))
         return stream
-
-    def _prompt_ids(self, prompt: str | list[int] | None, messages: list[dict[str, Any]] | None) -> list[int]:
-        if (prompt is None) == (messages is None):
-            raise InvalidRequest("give exactly one of prompt (text or token ids) and messages")
-        if messages is not None:
-            if not isinstance(messages, list) or not all(
-                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                    for m in messages) or not messages:
-                raise InvalidRequest("messages must be a non-empty list of {role: str, content: str}")
-            return self.tokenizer.encode_chat(messages)
-        if isinstance(prompt, str):
-            ids = self.tokenizer.encode(prompt)
-        elif isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            ids = list(prompt)
-            vocab = self.model_config.vocab_size
-            if any(t < 0 or t >= vocab for t in ids):
-                raise InvalidRequest(f"prompt token ids must be in [0, {vocab})")
-        else:
-            raise InvalidRequest("prompt must be a string or a list of integer token ids")
-        if not ids:
-            raise InvalidRequest("prompt is empty")
-        return ids
 
     def cancel(self, request_id: str) -> bool:
         with self._lock:
@@ -261,6 +229,8 @@ class LLMEngine:
         for state in pending:
             state.finish("error", reason)
         self._kill_workers()
+        if self._on_failure:
+            self._on_failure(reason)
 
     @property
     def alive(self) -> bool:

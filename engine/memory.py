@@ -7,8 +7,9 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-import psutil
 import torch
+
+from .devices import cpu_device_memory
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -39,15 +40,11 @@ def peak_rss() -> Iterator[list[int]]:
         result[0] = max(result[0], rss() - start)
 
 
-def default_cpu_device_memory(num_devices: int, fraction: float = 0.8) -> int:  # bytes
-    return int(psutil.virtual_memory().total * fraction) // max(1, num_devices)
-
-
 def kv_budget(device: torch.device, capacity: int | None, utilization: float,
-              peak_activations: int) -> int:
+              peak_activations: int, num_devices: int) -> int:
     """Bytes left for the KV cache on this rank after weights, runtime and activations."""
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         return int(total * utilization) - (total - free) - peak_activations
-    capacity = capacity or default_cpu_device_memory(os.cpu_count() or 1)
+    capacity = capacity or cpu_device_memory(num_devices)
     return int(capacity * utilization) - rss() - peak_activations

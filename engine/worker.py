@@ -115,7 +115,7 @@ class Worker:
 
         a = self.args
         budget = a.kv_cache_memory if a.kv_cache_memory is not None else kv_budget(
-            self.device, a.device_memory, a.memory_utilization, peak)
+            self.device, a.device_memory, a.memory_utilization, peak, a.tp)
         blocks = torch.tensor([max(0, budget) // self.runner.kv_block_bytes], dtype=torch.int64)
         if a.tp > 1:
             dist.all_reduce(blocks, op=dist.ReduceOp.MIN)

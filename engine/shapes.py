@@ -1,0 +1,45 @@
+"""Refusing a (tp, dp) shape before anything is stopped, with the shapes that would work."""
+
+from __future__ import annotations
+
+from .config import EngineConfig, ModelConfig
+from .devices import cpu_device_memory
+from .errors import ModelLoadError
+from .presets import RUNTIME_MEMORY
+
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def _problem(model: ModelConfig, cfg: EngineConfig, tp: int, dp: int, devices: int,
+             max_model_len: int) -> str | None:
+    if tp < 1 or dp < 1:
+        return "tp and dp must both be at least 1"
+    if model.num_heads % tp or model.num_kv_heads % tp:
+        return (f"tp={tp} does not divide the model's {model.num_heads} attention heads and "
+                f"{model.num_kv_heads} KV heads")
+    if tp * dp > devices:
+        return f"tp={tp} x dp={dp} needs {tp * dp} devices but {devices} are available to this model"
+    dtype = _DTYPE_BYTES[cfg.dtype_name(on_cuda=False)]
+    need = max_model_len * model.kv_bytes_per_token(dtype, tp)
+    if cfg.kv_cache_memory is not None:
+        room = cfg.kv_cache_memory
+    else:
+        # CPU devices: a share of RAM unless configured; CUDA budgets are measured at load.
+        capacity = cfg.device_memory or cpu_device_memory(devices)
+        room = int(capacity * cfg.memory_utilization) - model.param_count() * dtype // tp - RUNTIME_MEMORY["cpu"]
+    if room < need:
+        return (f"at tp={tp} one max_model_len={max_model_len} sequence needs {need / 2**20:.0f} MiB of KV "
+                f"cache per device but about {max(room, 0) / 2**20:.0f} MiB is left")
+    return None
+
+
+def valid_shapes(model: ModelConfig, cfg: EngineConfig, devices: int, max_model_len: int) -> list[tuple[int, int]]:
+    return [(tp, dp) for tp in model.valid_tp_degrees(devices) for dp in range(1, devices // tp + 1)
+            if _problem(model, cfg, tp, dp, devices, max_model_len) is None]
+
+
+def check_shape(model: ModelConfig, cfg: EngineConfig, tp: int, dp: int, devices: int, max_model_len: int) -> None:
+    problem = _problem(model, cfg, tp, dp, devices, max_model_len)
+    if problem:
+        shapes = ", ".join(f"tp={t} dp={d}" for t, d in valid_shapes(model, cfg, devices, max_model_len))
+        raise ModelLoadError(f"{problem}; shapes that would work: {shapes or 'none on these devices'}")
