@@ -113,16 +113,20 @@ def store_kv(
 # Grow-only scratch for the K/V gather, per thread, device and dtype. Allocating the
 # gather's tens of MB afresh each call costs page faults whenever the allocator has handed
 # the memory back to the OS: measured 40 ms instead of 14 ms per call at batch 64 / context 512.
-_scratch = threading.local()
+class _Scratch(threading.local):
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+
+_scratch = _Scratch()
 
 
 def _gather_buffer(elements: int, like: Tensor) -> Tensor:
-    buffers = _scratch.__dict__.setdefault("buffers", {})
     key = (like.device, like.dtype)
-    buffer = buffers.get(key)
+    buffer = _scratch.buffers.get(key)
     if buffer is None or buffer.numel() < elements:
         buffer = torch.empty(elements, dtype=like.dtype, device=like.device)
-        buffers[key] = buffer
+        _scratch.buffers[key] = buffer
     return buffer[:elements]
 
 
