@@ -49,13 +49,23 @@ def matmul_peak_flops(threads: int, size: int = 1024, seconds: float = 1.0) -> f
     return best
 
 
-def emit(name: str, result: dict, as_json: bool) -> None:
-    """Print the result (one JSON object with --json) and keep a copy under results/."""
+def emit(name: str, result: dict, as_json: bool, quick: bool = False) -> None:
+    """Print the result (one JSON object with --json) and keep a copy under results/
+    (quick smoke runs go to NAME.quick.json, so they never replace a real measurement)."""
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    file = RESULTS / f"{name}{'.quick' if quick else ''}.json"
+    file.write_text(json.dumps(result, indent=2) + "\n")
     if as_json:
         print(json.dumps(result))
     else:
         for key, value in result.items():
-            print(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
+            print(f"{key:>28}: {_fmt(value)}")
     sys.stdout.flush()
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return "  ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+    return str(value)

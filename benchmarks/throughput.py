@@ -75,7 +75,7 @@ def main() -> None:
         "matmul_peak_gflops": peak / 1e9, "mgpud_gflops": flops / m_s / 1e9,
         "requests": len(work), "mgpud_generated_tokens": m_gen, "transformers_generated_tokens": t_gen,
         "mgpud_seconds": m_s, "transformers_seconds": t_s, "threads": threads,
-    }, args.json)
+    }, args.json, quick=args.quick)
 
 
 if __name__ == "__main__":
