@@ -39,13 +39,21 @@ class Rank0Loop:
         self.max_model_len = a.max_model_len
         self.prompt_tokens = 0
         self.generated_tokens = 0
+        # Where step time goes: the forward pass versus everything around it.
+        self.steps = 0
+        self.step_seconds = 0.0
+        self.forward_seconds = 0.0
+        self.peak_running = 0
         self.running = True
 
     def run(self) -> None:
         while self.running:
-            self._receive(block=not self.scheduler.has_work())
+            busy = self.scheduler.has_work()
+            started = time.perf_counter()
+            self._receive(block=not busy)
             if self.running and self.scheduler.has_work():
-                self._step()
+                # A step's overhead includes taking in the requests that arrived during it.
+                self._step(started if busy else time.perf_counter())
         for sock in self.followers:
             sock.send(pickle.dumps(("stop", None)))
 
@@ -70,13 +78,16 @@ class Rank0Loop:
     def _on_stop(self) -> None:
         self.running = False
 
-    def _step(self) -> None:
+    def _step(self, started: float) -> None:
         batch = self.scheduler.schedule()
+        self.peak_running = max(self.peak_running, len(self.scheduler.running))
         step = build_step(batch, self.block_size)
         payload = pickle.dumps(("step", step), protocol=5)
         for sock in self.followers:
             sock.send(payload)
+        forward = time.perf_counter()
         logits = self.runner.execute(step)
+        self.forward_seconds += time.perf_counter() - forward
         sampling = [seq for seq, n in batch if seq.num_computed_tokens + n == seq.num_tokens]
         tokens = sample(logits, sampling) if sampling else []
         logprobs = top_logprobs(logits, sampling) if sampling else []
@@ -89,6 +100,8 @@ class Rank0Loop:
             outputs.append((seq.request_id, token, finished.get(seq.request_id),
                             seq.first_scheduled_time, seq.first_token_time, top))
         self.generated_tokens += len(tokens)
+        self.steps += 1
+        self.step_seconds += time.perf_counter() - started
         self.worker.send("outputs", outputs=outputs, stats=self.stats(), step_tokens=step.num_tokens)
 
     def _send_stats(self) -> None:
@@ -101,4 +114,6 @@ class Rank0Loop:
                 "kv_blocks_used": used, "kv_blocks_total": total,
                 "prefix_cache_queries": blocks.prefix_queries, "prefix_cache_hits": blocks.prefix_hits,
                 "preemptions": self.scheduler.num_preemptions,
-                "prompt_tokens_total": self.prompt_tokens, "generation_tokens_total": self.generated_tokens}
+                "prompt_tokens_total": self.prompt_tokens, "generation_tokens_total": self.generated_tokens,
+                "steps_total": self.steps, "step_seconds_total": self.step_seconds,
+                "forward_seconds_total": self.forward_seconds, "peak_running": self.peak_running}
