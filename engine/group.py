@@ -17,18 +17,19 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from .config import EngineConfig, ModelConfig
 from .demo import resolve_model
 from .engine import LLMEngine, ProgressFn
-from .errors import EngineDead, EngineError, InvalidRequest, ModelLoadError
+from .errors import EngineDead, EngineError, InvalidRequest
 from .loader import LoadProgress
 from .metrics import ServingMetrics
 from .outputs import RequestOutput, RequestStream
 from .pool import DevicePool
 from .prompts import prompt_ids
-from .replica import DRAINING, FAILED, READY, RESTARTING, STARTING, STOPPED, Replica
+from .replica import DRAINING, FAILED, READY, RESTARTING, STOPPED, Replica
 from .router import Router
 from .sampling import SamplingParams
 from .shapes import check_shape

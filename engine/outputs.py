@@ -6,7 +6,7 @@ from __future__ import annotations
 import queue
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from .sampling import SamplingParams
 from .tokenizer import Detokenizer

@@ -105,10 +105,10 @@ def test_reconfigure_under_traffic_loses_nothing(tiny_llama: Path, expected) -> 
         traffic = _Traffic(group, expected)
         reports = []
         for tp, dp in [(1, 2), (1, 1), (2, 1), (1, 1)]:
-            before = traffic.done
+            target = traffic.done + 6
             reports.append(group.reconfigure(tp, dp))
             assert (group.tp, group.dp) == (tp, dp)
-            assert _wait(lambda: traffic.done >= before + 6, 60)
+            assert _wait(lambda target=target: traffic.done >= target, 60)
         traffic.stop()
         assert traffic.bad == []
         assert reports[0]["held_s"] == 0.0  # a free device: the new replica started alongside
