@@ -37,7 +37,8 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
         p = seq.params
         if p.temperature == 0:
             continue
-        scaled = _filter(logits[row].float() / p.temperature, p.top_k, p.top_p)
+        # Seeded generators live on the CPU; one row's logits are cheap to bring over.
+        scaled = _filter(logits[row].float().cpu() / p.temperature, p.top_k, p.top_p)
         probs = torch.softmax(scaled, dim=-1)
         tokens[row] = int(torch.multinomial(probs, 1, generator=seq.generator))
     return tokens
