@@ -39,6 +39,9 @@ EventFn = Callable[[dict[str, Any]], None]
 RESTART_BACKOFF = (1.0, 2.0, 4.0)  # seconds before restart attempts 1, 2, 3
 RESTART_WINDOW = 300.0  # failures older than this are forgiven
 _ids = itertools.count()
+_COUNTERS = ("prefix_cache_queries", "prefix_cache_hits", "prompt_tokens_total",
+             "generation_tokens_total", "preemptions", "steps_total")
+_GAUGES = ("running", "waiting", "kv_blocks_used", "kv_blocks_total")
 
 
 @dataclass(eq=False)
@@ -79,6 +82,8 @@ class ModelGroup:
         self._held_seconds = 0.0
         self._closed = threading.Event()
         self._next_index = itertools.count()
+        # Counters of engines that are gone (retired or restarted), so totals never go back.
+        self._past: dict[str, float] = dict.fromkeys(_COUNTERS, 0)
         try:
             for i in range(dp):
                 wanted = devices[i * config.tp:(i + 1) * config.tp] if devices else None
@@ -268,6 +273,7 @@ class ModelGroup:
                 rep.state = RESTARTING
             old, rep.engine = rep.engine, None
             if old is not None:
+                self._keep_counters(old)
                 old.shutdown()
             self._event("replica_restarting", replica=rep.index, attempt=len(recent))
             try:
@@ -314,6 +320,7 @@ class ModelGroup:
         self._event("replica_draining", replica=rep.index)
         rep.wait_drained()
         if rep.engine is not None:
+            self._keep_counters(rep.engine)
             rep.engine.shutdown()
         with self._lock:
             rep.state = STOPPED
@@ -323,13 +330,20 @@ class ModelGroup:
 
     # -- figures ----------------------------------------------------------------------
 
+    def _keep_counters(self, engine: LLMEngine) -> None:
+        stats = engine.stats()
+        with self._lock:
+            for key in _COUNTERS:
+                self._past[key] += stats.get(key, 0)
+
     def stats(self) -> dict[str, Any]:
         with self._lock:
             replicas = [r.describe() for r in self.replicas]
             held = len(self._held)
-        total = {key: sum(r.get(key) or 0 for r in replicas) for key in (
-            "running", "waiting", "kv_blocks_used", "kv_blocks_total", "prefix_cache_queries",
-            "prefix_cache_hits", "prompt_tokens_total", "generation_tokens_total", "preemptions")}
+        total = {key: sum(r.get(key) or 0 for r in replicas) for key in _GAUGES}
+        with self._lock:
+            for key in _COUNTERS:
+                total[key] = self._past[key] + sum(r.get(key) or 0 for r in replicas)
         total["waiting"] += held
         states = {r["state"] for r in replicas}
         state = READY if states == {READY} else (FAILED if not states or states <= {FAILED} else "degraded")

@@ -48,7 +48,8 @@ class Replica:
         info = self.engine.info if self.engine else {}
         return {"index": self.index, "state": self.state, "devices": self.devices, "tp": self.tp,
                 "pids": info.get("pids", []), "inflight": len(self.inflight), "error": self.last_error,
-                "num_kv_blocks": info.get("num_kv_blocks"), "kv_bytes_per_rank": info.get("kv_bytes_per_rank"),
+                "num_kv_blocks": info.get("num_kv_blocks"), "block_size": info.get("block_size"),
+                "dtype": info.get("dtype"), "max_model_len": info.get("max_model_len"), "kv_bytes_per_rank": info.get("kv_bytes_per_rank"),
                 "weight_bytes_per_rank": info.get("weight_bytes_per_rank"),
                 "peak_activation_bytes_per_rank": info.get("peak_activation_bytes_per_rank"),
                 **stats, **self.metrics.snapshot()}

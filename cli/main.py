@@ -1,0 +1,84 @@
+"""`mgpud`: the root command, its global options, and how errors become exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from mgpud.ipc.errors import MgpudError
+
+from . import chat, completion, devices, generate, metrics, models, plan, ps, serve, status, top
+from .context import Settings, global_options
+from .errors import FAILED, INTERRUPTED, USAGE, CliError, code_for, say
+
+
+ALIASES = {"gpus": "devices"}
+
+
+class MgpudGroup(click.Group):
+    """Runs commands in click's non-standalone mode so that every failure, wherever it is
+    raised, leaves as one line on stderr with the documented exit code."""
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return super().get_command(ctx, ALIASES.get(name, name))
+
+    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:  # type: ignore[override]
+        try:
+            code = super().main(args, prog_name or "mgpud", standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx else "mgpud"
+            say(f"{exc.format_message().rstrip('.')} (see `{where} --help`)", where)
+            code = USAGE
+        except click.ClickException as exc:
+            say(exc.format_message())
+            code = exc.exit_code
+        except click.Abort:
+            say("interrupted")
+            code = INTERRUPTED
+        except CliError as exc:
+            say(exc.message)
+            code = exc.code
+        except MgpudError as exc:
+            say(exc.message)
+            code = code_for(exc)
+        except BrokenPipeError:
+            # The reader left (`mgpud generate ... | head`): stop quietly. Python's own recipe:
+            # point stdout at /dev/null so that the flush at exit does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            code = FAILED
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group("mgpud", cls=MgpudGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@global_options()
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Serve LLMs on the GPUs (or CPU virtual devices) of one machine.
+
+    \b
+    A first session:
+      mgpud serve --devices cpu:2 &        # the daemon, in the foreground
+      mgpud load demo --name smol          # SmolLM2-135M, shape chosen by the planner
+      mgpud generate smol "Tell me a joke"
+      mgpud ps                             # models, shapes, tokens/s, TTFT
+      mgpud unload smol
+
+    Global options go before or after the command: `mgpud --json ps` = `mgpud ps --json`.
+    Exit codes: 0 success, 1 failed operation, 2 usage error, 3 daemon unreachable,
+    130 interrupted (Ctrl-C).
+    """
+    ctx.ensure_object(Settings)
+    if os.environ.get("NO_COLOR"):
+        ctx.color = False
+
+
+for module in (serve, status, devices, ps, models, generate, chat, plan, top, metrics, completion):
+    for command in module.COMMANDS:
+        cli.add_command(command)
+
+
+def main() -> None:
+    cli.main()

@@ -1,0 +1,79 @@
+"""`mgpud serve` (the daemon in the foreground) and `mgpud shutdown` (stop it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .context import Settings, global_options, pass_settings
+from .errors import USAGE, CliError
+from .output import emit_json
+from .params import SIZE
+
+# mgpud.daemon.config.LOG_LEVELS, spelled out: importing the daemon would slow every command.
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@click.command()
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML configuration (default: /etc/mgpud/mgpud.toml when it exists).")
+@global_options("runtime_dir")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where state.json (the models to bring back after a restart) lives.")
+@click.option("--devices", metavar="cpu:N|0,1,..",
+              help="auto (every GPU, else one CPU device), cpu:N virtual CPU devices, or GPU ordinals.")
+@click.option("--device-memory", type=SIZE, help="Memory of each CPU virtual device, e.g. 4GiB.")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False))
+@click.option("--shutdown-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Seconds running generations get to finish on SIGTERM.")
+@pass_settings
+def serve(settings: Settings, config: Path | None, state_dir: Path | None, devices: str | None,
+          device_memory: int | None, log_level: str | None, shutdown_timeout: float | None) -> None:
+    """Run the daemon in the foreground (what systemd runs) until SIGTERM or `mgpud shutdown`.
+
+    Flags override the configuration file.
+
+    \b
+    Examples:
+      mgpud serve --devices cpu:2 --device-memory 4GiB
+      mgpud serve --config /etc/mgpud/mgpud.toml --devices 0,1,2,3
+    """
+    from mgpud.daemon import ConfigError, load_config, run_daemon
+
+    overrides = {"runtime_dir": settings.runtime_dir, "state_dir": state_dir, "devices": devices,
+                 "device_memory": device_memory, "log_level": log_level and log_level.lower(),
+                 "shutdown_timeout": shutdown_timeout}
+    try:
+        daemon_config = load_config(config, overrides)
+    except ConfigError as exc:
+        raise CliError(str(exc), USAGE) from None
+    code = run_daemon(daemon_config)
+    if code:
+        click.get_current_context().exit(code)
+
+
+@click.command()
+@click.option("--timeout", "grace", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Seconds running generations get to finish (default: the daemon's shutdown_timeout).")
+@global_options("runtime_dir", "json")
+@pass_settings
+def shutdown(settings: Settings, grace: float | None) -> None:
+    """Stop the daemon: new work is refused, running generations finish, engines stop.
+
+    Here --timeout is the grace period; the client's own timeout goes before the
+    command (`mgpud --timeout 10 shutdown`).
+
+    \b
+    Example:
+      mgpud shutdown --timeout 30
+    """
+    with settings.client() as client:
+        result = client.call("shutdown", timeout=grace)
+    if settings.json:
+        emit_json(result)
+    else:
+        click.echo(f"mgpud is stopping; running generations get {result['timeout']:g} s to finish")
+
+
+COMMANDS = (serve, shutdown)
