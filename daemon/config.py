@@ -23,11 +23,11 @@ tp = 1
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import tomllib
 from mgpud.ipc.schema import BadRequest, check_args
 from mgpud.ipc.units import parse_size
 

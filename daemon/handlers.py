@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 import zmq
-
-from mgpud import __version__
 from mgpud.ipc import errors as codes
 from mgpud.ipc.errors import MgpudError
 from mgpud.ipc.framing import PROTOCOL_VERSION
 from mgpud.ipc.schema import Request
 
-from .models import Call
+from mgpud import __version__
+
+from .generation import Call
 
 if TYPE_CHECKING:
     from .server import Daemon
@@ -52,8 +52,7 @@ async def version(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
 @handler
 async def status(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
     """status {} -> the daemon summary (version, protocol, pid, state, started_at, uptime_s,
-    requests_running), its paths, a device count and one line per model."""
-    free = len(d.models.inventory) - len(d.models.holders())
+    generations_running), its paths, a device count and one line per model."""
     return {
         **d.summary(),
         "runtime_dir": str(d.runtime_dir),
@@ -61,34 +60,35 @@ async def status(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
         "events_socket": str(d.events_path),
         "state_file": str(d.store.path),
         "config_file": str(d.config.config_path) if d.config.config_path else None,
-        "devices": {"total": len(d.models.inventory), "free": free,
+        "devices": {"total": len(d.models.inventory), "free": len(d.models.pool.free),
                     "kinds": sorted({dev.kind for dev in d.models.inventory})},
-        "models": [{k: g[k] for k in ("name", "state", "tp", "dp", "devices", "error", "progress")}
-                   for g in (group.describe() for group in d.models.groups.values())],
+        "models": [{k: m[k] for k in ("name", "state", "tp", "dp", "devices", "error", "progress")}
+                   for m in d.models.describe_all()],
     }
 
 
 @handler
 async def devices(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
     """devices {} -> {devices: [device]}: each device's identity, readings (memory, utilization,
-    temperature, power where known), the model and rank on it, and its memory split into
+    temperature, power where known), the model, replica and rank on it, its memory split into
     weights, KV (allocated and used), activations, other and free (bytes)."""
-    return {"devices": d.telemetry.device_rows()}
+    return {"devices": d.telemetry.device_rows(d.models.describe_all())}
 
 
 @handler
 async def models(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
     """models {} -> {models: [model]}: name, model, state, tp, dp, devices, error, progress,
-    reasons, loaded_at, info (from the engine), stats (engine counters), figures
-    (tokens_per_s, ttft_p50_ms, ttft_p95_ms, requests_total, requests_failed, running), pids."""
-    return {"models": [g.describe() for g in d.models.groups.values()]}
+    reasons, loaded_at, and stats: the engine group's figures (totals, token rates, latency
+    percentiles) with one entry per replica (state, devices, pids, memory, load)."""
+    return {"models": d.models.describe_all()}
 
 
 @handler
 async def metrics(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
     """metrics {} -> {daemon: {summary, requests_total: {op: n}, errors_total: {code: n},
-    malformed_total, dropped_total}, models: {name: {state, stats, figures}}, devices: [device]}."""
+    malformed_total, dropped_total}, models: {name: {state, tp, dp, stats}}, devices: [device]}."""
     counts = d.counters
+    models = d.models.describe_all()
     return {
         "daemon": {
             **d.summary(),
@@ -97,9 +97,8 @@ async def metrics(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
             "malformed_total": counts["malformed"],
             "dropped_total": counts["dropped"],
         },
-        "models": {m["name"]: {k: m[k] for k in ("state", "tp", "dp", "stats", "figures")}
-                   for m in (g.describe() for g in d.models.groups.values())},
-        "devices": d.telemetry.device_rows(),
+        "models": {m["name"]: {k: m[k] for k in ("state", "tp", "dp", "stats")} for m in models},
+        "devices": d.telemetry.device_rows(models),
     }
 
 
@@ -107,15 +106,16 @@ async def metrics(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
 async def load(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
     """load {model, name?, tp=0, dp=0, devices?, max_model_len?, max_num_seqs?,
     max_num_batched_tokens?, memory_utilization?, kv_cache_memory?, dtype?, wait=true}
-    -> frames {phase, bytes_done, bytes_total, tensors_done, tensors_total, message}
+    -> frames: progress {phase, bytes_done, bytes_total, tensors_done, tensors_total,
+       message} and replica events {kind, replica, devices, ...}
     -> the model's description (as in `models`), state "ready".
-    tp=0 lets the planner choose (its reasons are in `reasons`). With wait=false: no
+    tp or dp 0: the planner chooses (its reasons are in `reasons`). With wait=false: no
     frames; the reply comes at once with state "loading"; watch `models` or the events."""
     if req.args["wait"]:
         return await d.models.load(req.args, call.emit)
-    group = await d.models.begin_load(req.args)
-    d.spawn(_quietly(d.models.finish_load(group, None)), name="load")
-    return group.describe()
+    model = await d.models.begin_load(req.args)
+    d.spawn(_quietly(d.models.finish_load(model)), name="load")
+    return model.describe()
 
 
 async def _quietly(work: Awaitable[None]) -> None:
@@ -135,10 +135,12 @@ async def unload(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
 
 @handler
 async def reconfigure(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
-    """reconfigure {name, tp?, dp?} -> unavailable for now: live resharding comes with replicas."""
-    d.models.get(req.args["name"])
-    raise MgpudError(codes.UNAVAILABLE, "reconfigure (live resharding) is not supported yet; "
-                     "unload the model and load it again with the new tp and dp")
+    """reconfigure {name, tp?, dp?} -> frames: load progress of new replicas ({phase, ...})
+    and replica events ({kind, ...}) -> {from: {tp, dp}, to: {tp, dp}, duration_s, held_s,
+    model: the new description}. The model serves throughout; requests that arrive while
+    no replica is ready wait in its queue (held_s). An omitted tp or dp stays as it is."""
+    args = req.args
+    return await d.models.reconfigure(args["name"], args["tp"], args["dp"], call.emit)
 
 
 @handler
@@ -170,17 +172,14 @@ async def plan(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
     """plan {model, dtype?, max_model_len?, memory_utilization?, concurrency?} -> the planner's
     plan for this daemon's devices: shapes (fits, why, memory and throughput figures per
     shape), impossible TP degrees and why, chosen [tp, dp], reasons, notes."""
-    from mgpud.engine.demo import resolve_model
     from mgpud.engine.errors import EngineError
     from mgpud.engine.planner import plan as make_plan
-    from mgpud.engine.planner import pool_from_devices
+    from mgpud.engine.presets import pool_from_devices
 
     knobs = {k: v for k, v in req.args.items() if k != "model" and v is not None}
-    model = req.args["model"]
     try:
         result = await asyncio.to_thread(
-            lambda: make_plan(resolve_model(model) if model == "demo" else model,
-                              pool_from_devices(d.telemetry.devices), **knobs))
+            lambda: make_plan(req.args["model"], pool_from_devices(d.telemetry.devices), **knobs))
     except EngineError as exc:
         raise MgpudError(codes.BAD_REQUEST, str(exc)) from None
     return result.to_dict()

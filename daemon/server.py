@@ -19,17 +19,18 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
-
-from mgpud import __version__
 from mgpud.ipc import framing, paths
 from mgpud.ipc.client import AsyncClient, probe_socket
 from mgpud.ipc.errors import INTERNAL, DaemonUnavailable, MgpudError
 from mgpud.ipc.framing import RequestId
 from mgpud.ipc.schema import BadRequest, Request, parse_request
 
+from mgpud import __version__
+
 from .config import ConfigError, DaemonConfig, load_config, state_dir
+from .generation import Call
 from .handlers import HANDLERS
-from .models import Call, ModelManager
+from .models import ModelManager
 from .notify import Notifier, watchdog_interval
 from .state import StateStore
 from .telemetry import Telemetry
@@ -72,16 +73,15 @@ class Daemon:
         except DeviceSpecError as exc:
             log.error("%s", exc)
             return 2
-        self.models = ModelManager(inventory, self.store, lambda e: self.publish("event", e),
-                                   lambda: self.config.engine)
-        self.telemetry = Telemetry(inventory, self.models)
+        self.models = ModelManager(inventory, self.store, self._on_model_event, lambda: self.config.engine)
+        self.telemetry = Telemetry(inventory)
         self._stopped = asyncio.Event()
         try:
             await self._take_runtime_dir()
+            self._open_sockets()
         except StartError as exc:
             log.error("%s", exc)
             return 1
-        self._open_sockets()
         try:
             return await self._serve()
         finally:
@@ -113,12 +113,13 @@ class Daemon:
         if not saved and not self.config.models:
             return
         self.phase = "loading"
-        loading = asyncio.ensure_future(self._restore(saved))
-        while not loading.done() and not self._stopped.is_set():
+        loading = self.spawn(self._restore(saved), name="restore")
+        stopped = self.spawn(self._stopped.wait(), name="stopped")
+        while not loading.done() and not stopped.done():
             self.notifier.extend_timeout(3 * EXTEND_EVERY)
             self.notifier.status(f"loading models: {self.status_line()}")
-            await asyncio.wait([loading, asyncio.ensure_future(self._stopped.wait())],
-                               timeout=EXTEND_EVERY, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([loading, stopped], timeout=EXTEND_EVERY, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
 
     async def _restore(self, saved: list[dict[str, Any]]) -> None:
         await self.models.restore(saved, persist=True)
@@ -171,7 +172,8 @@ class Daemon:
             self.spawn(self.models.restore(fresh.models, persist=False))
             log.info("configuration reloaded from %s", fresh.config_path or "flags")
             self.publish("event", {"kind": "config_reloaded", "path": str(fresh.config_path or "")})
-        self.notifier.ready(self.status_line())
+        if self.phase == "running":
+            self.notifier.ready(self.status_line())
 
     # -- runtime directory and sockets ----------------------------------------------------
 
@@ -179,9 +181,13 @@ class Daemon:
         if len(str(self.control_path).encode()) > SUN_PATH_MAX:
             raise StartError(f"the runtime directory {self.runtime_dir} is too long for a Unix socket "
                              f"path ({SUN_PATH_MAX} bytes at most); choose a shorter --runtime-dir")
-        self.runtime_dir.mkdir(mode=0o770, parents=True, exist_ok=True)
         lock_path = self.runtime_dir / "mgpud.lock"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+        try:
+            self.runtime_dir.mkdir(mode=0o770, parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+        except OSError as exc:
+            raise StartError(f"cannot use the runtime directory {self.runtime_dir}: {exc.strerror}; "
+                             "choose another with --runtime-dir or $MGPUD_RUNTIME_DIR") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -215,10 +221,14 @@ class Daemon:
         self.control.setsockopt(zmq.MAXMSGSIZE, framing.MAX_REQUEST_BYTES)
         self.control.setsockopt(zmq.SNDHWM, SEND_HWM)
         self.control.setsockopt(zmq.LINGER, 1000)
-        self.control.bind(paths.endpoint(self.control_path))
         self.events = self.ctx.socket(zmq.PUB)
         self.events.setsockopt(zmq.LINGER, 0)
-        self.events.bind(paths.endpoint(self.events_path))
+        try:
+            self.control.bind(paths.endpoint(self.control_path))
+            self.events.bind(paths.endpoint(self.events_path))
+        except zmq.ZMQError as exc:
+            self._close_sockets()
+            raise StartError(f"cannot listen in {self.runtime_dir}: {exc}") from None
 
     def _close_sockets(self) -> None:
         self.control.close()
@@ -238,7 +248,7 @@ class Daemon:
                 self._dispatch(frames)
             except Exception:  # a bug here must cost one message, never the loop
                 log.exception("dispatching a message failed")
-                self.counters["internal_errors"] += 1
+                self.counters[f"error:{INTERNAL}"] += 1
 
     def _dispatch(self, frames: list[bytes]) -> None:
         envelope, payload = frames[:-1], frames[-1]
@@ -284,6 +294,11 @@ class Daemon:
         if sent.exception() is not None:
             self.counters["dropped"] += 1
 
+    def _on_model_event(self, event: dict[str, Any]) -> None:
+        self.publish("event", event)
+        if self.phase == "running" and event["kind"] != "model_progress":
+            self.notifier.status(self.status_line())
+
     def publish(self, topic: str, data: dict[str, Any]) -> None:
         sent = self.events.send_multipart(framing.event(topic, data, time.time()), flags=zmq.NOBLOCK)
         sent.exception()  # a PUB socket drops rather than fail; nothing to report
@@ -299,8 +314,10 @@ class Daemon:
     async def _publish_telemetry(self) -> None:
         while True:
             try:
-                await self.telemetry.refresh()
-                self.publish("telemetry", {"daemon": self.summary(), **self.telemetry.snapshot()})
+                models = self.models.describe_all()
+                await self.telemetry.refresh(models)
+                self.publish("telemetry", {"daemon": self.summary(), "devices": self.telemetry.device_rows(models),
+                                           "models": models})
             except Exception:
                 log.exception("telemetry failed")
             await asyncio.sleep(self.config.telemetry_interval)
@@ -325,14 +342,15 @@ class Daemon:
             "state": self.phase,
             "started_at": self.started_at,
             "uptime_s": round(time.time() - self.started_at, 3),
-            "requests_running": len(self.calls),
+            "generations_running": sum(m.running for m in self.models.models.values()),
         }
 
     def status_line(self) -> str:
-        groups = self.models.groups.values()
-        ready = sum(g.state == "ready" for g in groups)
-        loading = [g for g in groups if g.state == "loading"]
-        text = f"{ready} model(s) ready, {len(self.calls)} request(s) running"
+        models = self.models.models.values()
+        ready = sum(m.state == "ready" for m in models)
+        loading = [m for m in models if m.state == "loading"]
+        running = sum(m.running for m in models)
+        text = f"{ready} model(s) ready, {running} generation(s) running"
         if loading and loading[0].progress:
             p = loading[0].progress
             text += f"; loading {loading[0].name}: {p['phase']} {p['message']}".rstrip()

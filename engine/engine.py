@@ -7,6 +7,7 @@ private directory per engine, so replicas and models never collide.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pickle
@@ -35,6 +36,7 @@ from .worker import WorkerArgs
 
 ProgressFn = Callable[[LoadProgress], None]
 _ids = itertools.count()
+_SEND_TIMEOUT_MS = 2000
 
 
 def default_devices(tp: int) -> list[str]:
@@ -73,6 +75,8 @@ class LLMEngine:
         self._inbox = self._zmq.socket(zmq.PULL)
         self._inbox.bind(f"ipc://{self._run_dir}/owner.sock")
         self._outbox = self._zmq.socket(zmq.PUSH)
+        # A PUSH with no live peer blocks forever; a dead rank 0 must not hang callers.
+        self._outbox.setsockopt(zmq.SNDTIMEO, _SEND_TIMEOUT_MS)
         self._outbox.bind(f"ipc://{self._run_dir}/requests.sock")
         self._procs: list[subprocess.Popen] = []
         try:
@@ -102,9 +106,11 @@ class LLMEngine:
             args_file = Path(self._run_dir) / f"rank{rank}.args"
             args_file.write_bytes(pickle.dumps(args))
             env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+            # A session of their own: a Ctrl-C meant for the owner must not kill the workers
+            # mid-step; the owner stops them, and they exit by themselves if it dies.
             self._procs.append(subprocess.Popen(
                 [sys.executable, "-c", "import sys; from mgpud.engine.worker import main; main(sys.argv[1])",
-                 str(args_file)], env=env))
+                 str(args_file)], env=env, start_new_session=True))
 
     def _wait_ready(self, progress: ProgressFn | None) -> dict[str, Any]:
         ready: dict[int, dict] = {}
@@ -180,7 +186,10 @@ class LLMEngine:
             return dict(self._stats)
 
     def _send(self, kind: str, **body: Any) -> None:
-        self._outbox.send(pickle.dumps((kind, body), protocol=5))
+        try:
+            self._outbox.send(pickle.dumps((kind, body), protocol=5))
+        except zmq.Again:
+            raise EngineDead("rank 0 is not taking requests (no reply within 2 s)") from None
 
     # -- rank 0's stream --------------------------------------------------------------
 
@@ -253,13 +262,12 @@ class LLMEngine:
         for state in pending:
             state.finish("cancelled")
         if self._dead is None:
-            self._send("stop")
+            with contextlib.suppress(EngineDead):
+                self._send("stop")
         deadline = time.monotonic() + timeout
         for proc in self._procs:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
         self._teardown()
 
     def _kill_workers(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import threading
 import time
 import traceback
@@ -43,11 +44,13 @@ class WorkerArgs:
         return f"ipc://{self.run_dir}/{name}.sock"
 
 
-def _die_with_owner(owner_pid: int) -> None:
+def _die_with_owner(owner_pid: int, run_dir: str) -> None:
     # PR_SET_PDEATHSIG follows the spawning *thread*, not the process; polling the parent
-    # pid is what reliably notices the owner's death, kill -9 included.
+    # pid is what reliably notices the owner's death, kill -9 included. The owner can no
+    # longer clean up its replica directory, so the first rank to notice does.
     while os.getppid() == owner_pid:
         time.sleep(0.2)
+    shutil.rmtree(run_dir, ignore_errors=True)
     os._exit(1)
 
 
@@ -157,7 +160,7 @@ def _phase(phase: str, message: str):
 
 def main(args_file: str) -> None:
     args: WorkerArgs = pickle.loads(Path(args_file).read_bytes())
-    threading.Thread(target=_die_with_owner, args=(os.getppid(),), daemon=True).start()
+    threading.Thread(target=_die_with_owner, args=(os.getppid(), args.run_dir), daemon=True).start()
     worker = Worker(args)
     try:
         worker.start()

@@ -7,7 +7,18 @@ from .paths import control_path, events_path, runtime_dir
 from .schema import OPS, BadRequest
 
 __all__ = [
-    "AsyncClient", "AsyncStream", "BadRequest", "Client", "DaemonUnavailable", "MgpudError",
-    "OPS", "PROTOCOL_VERSION", "ProtocolError", "RemoteError", "Stream",
-    "control_path", "events_path", "runtime_dir",
+    "OPS",
+    "PROTOCOL_VERSION",
+    "AsyncClient",
+    "AsyncStream",
+    "BadRequest",
+    "Client",
+    "DaemonUnavailable",
+    "MgpudError",
+    "ProtocolError",
+    "RemoteError",
+    "Stream",
+    "control_path",
+    "events_path",
+    "runtime_dir",
 ]

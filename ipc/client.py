@@ -24,9 +24,8 @@ import zmq
 import zmq.asyncio
 
 from . import framing, paths
-from .errors import DaemonUnavailable
+from .errors import DaemonUnavailable, ProtocolError
 from .framing import FRAME, RequestId
-from .errors import ProtocolError
 from .schema import check_args
 
 DEFAULT_TIMEOUT = 5.0  # seconds
@@ -83,16 +82,17 @@ class Stream:
         self._client = client
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        try:
-            while self.result is None:
-                msg = self._client._next(self.id)
-                payload = framing.reply_payload(msg)
-                if msg["type"] != FRAME:
-                    self.result = payload
-                    return
-                yield payload
-        finally:
-            self._client._pending.pop(self.id, None)
+        # The request's queue stays until its result arrives, so that an iteration broken
+        # off (Ctrl-C) can still `cancel()` and then `wait()` for the final reply.
+        while self.result is None:
+            msg = self._client._next(self.id)
+            if msg["type"] != FRAME:
+                self._client._pending.pop(self.id, None)
+            payload = framing.reply_payload(msg)
+            if msg["type"] != FRAME:
+                self.result = payload
+                return
+            yield payload
 
     def wait(self) -> dict[str, Any]:
         """Skip the frames; return the result."""
@@ -146,8 +146,11 @@ class Client:
     def events(self, topics: tuple[str, ...] = ("",)) -> Iterator[dict[str, Any]]:
         """Events whose topic starts with one of `topics`, as {topic, time, data} maps.
 
+        Subscribes at once (what is published before that is lost to this client).
         Telemetry comes twice a second; `timeout` seconds of silence raise DaemonUnavailable."""
-        sock = _events_socket(self._ctx, self.events_path, topics)
+        return self._events(_events_socket(self._ctx, self.events_path, topics))
+
+    def _events(self, sock: zmq.Socket) -> Iterator[dict[str, Any]]:
         try:
             while True:
                 if not sock.poll(self.timeout * 1000):
@@ -260,9 +263,11 @@ class AsyncClient:
     async def cancel(self, req_id: RequestId) -> dict[str, Any]:
         return await self.call("cancel", id=req_id)
 
-    async def events(self, topics: tuple[str, ...] = ("",)) -> AsyncIterator[dict[str, Any]]:
-        """See Client.events."""
-        sock = _events_socket(self._ctx, self.events_path, topics)
+    def events(self, topics: tuple[str, ...] = ("",)) -> AsyncIterator[dict[str, Any]]:
+        """See Client.events; `async for event in client.events(...)`."""
+        return self._events(_events_socket(self._ctx, self.events_path, topics))
+
+    async def _events(self, sock: zmq.asyncio.Socket) -> AsyncIterator[dict[str, Any]]:
         try:
             while True:
                 if not await sock.poll(self.timeout * 1000):

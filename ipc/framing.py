@@ -35,6 +35,8 @@ def unpack(data: bytes) -> Any:
     """Decode one msgpack object; raises ValueError for anything that is not exactly one."""
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except msgpack.StackError:
+        raise ValueError("not a msgpack object: nested too deeply") from None
     except Exception as exc:  # msgpack raises a zoo of types for hostile input
         raise ValueError(f"not a msgpack object: {exc.__class__.__name__}: {exc}") from None
 

@@ -138,8 +138,9 @@ OPS: dict[str, Op] = {
         {"name": Arg("name", required=True), "force": Arg("bool", default=False, help="cancel running generations")},
     ),
     "reconfigure": Op(
-        "Change a loaded model's shape (tp, dp) while it serves.",
+        "Change a loaded model's shape (tp, dp) while it serves; streams progress and replica events.",
         {"name": Arg("name", required=True), "tp": Arg("int", low=1, high=1024), "dp": Arg("int", low=1, high=1024)},
+        streams=True,
         at_least_one_of=("tp", "dp"),
     ),
     "generate": Op(

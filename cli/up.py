@@ -1,0 +1,119 @@
+"""`mgpud up`: the whole product in one command: a daemon (started here unless one
+already answers), the demo model sharded over this machine's devices, and the dashboard.
+Leaving the dashboard stops what this command started."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from mgpud.ipc import Client, DaemonUnavailable
+from mgpud.ipc.errors import RemoteError
+
+from .context import Settings, global_options, pass_settings
+from .errors import CliError, note
+from .params import SIZE
+from .progress import ProgressView, follow
+
+START_TIMEOUT = 60.0  # seconds for a fresh daemon to answer
+
+
+def _default_devices() -> str:
+    """Every GPU where there are some; else one CPU virtual device per core."""
+    from mgpud.engine.devices import discover
+
+    if any(d.kind == "cuda" for d in discover("auto")):
+        return "auto"
+    return f"cpu:{max(1, os.cpu_count() or 1)}"
+
+
+def _answers(settings: Settings) -> bool:
+    try:
+        with Client(settings.runtime_dir, timeout=1.0) as client:
+            client.call("ping")
+        return True
+    except DaemonUnavailable:
+        return False
+
+
+def _start_daemon(settings: Settings, devices: str) -> subprocess.Popen:
+    log = Path(tempfile.gettempdir()) / f"mgpud-up-{os.getuid()}.log"
+    args = [sys.executable, "-m", "mgpud.daemon", "--devices", devices]
+    if settings.runtime_dir:
+        args += ["--runtime-dir", str(settings.runtime_dir)]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    note(f"started the daemon (pid {proc.pid}, devices {devices}); its log: {log}")
+    deadline = time.monotonic() + START_TIMEOUT
+    while not _answers(settings):
+        if proc.poll() is not None:
+            raise CliError(f"the daemon exited with code {proc.returncode}; see {log}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise CliError(f"the daemon did not answer within {START_TIMEOUT:.0f} s; see {log}")
+        time.sleep(0.1)
+    return proc
+
+
+def _ensure_model(settings: Settings, model: str, name: str, max_model_len: int, kv_cache_memory: str) -> None:
+    with settings.client() as client:
+        if any(m["name"] == name for m in client.call("models")["models"]):
+            return
+        stream = client.stream("load", model=model, name=name, tp=0, dp=0, max_model_len=max_model_len,
+                               kv_cache_memory=SIZE.convert(kv_cache_memory, None, None), wait=True)
+        result = follow(stream, ProgressView(f"loading {name}"), f"the daemon keeps loading {name}")
+    note(f"{name}: tp={result['tp']} x dp={result['dp']} on {', '.join(result['devices'])}")
+
+
+def _stop(settings: Settings, proc: subprocess.Popen) -> None:
+    try:
+        with settings.client() as client:
+            client.call("shutdown")
+    except (DaemonUnavailable, RemoteError):
+        proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    note("stopped the daemon this command started")
+
+
+@click.command()
+@click.option("--model", default="demo", show_default=True, help="Model directory, or `demo`.")
+@click.option("--name", default="demo", show_default=True, help="Name to serve it under.")
+@click.option("--devices", help="Devices for a daemon started here (default: every GPU, else cpu:<cores>).")
+@click.option("--max-model-len", type=click.IntRange(min=16), default=4096, show_default=True)
+@click.option("--kv-cache-memory", default="1GiB", show_default=True, help="KV cache per rank.")
+@global_options("runtime_dir")
+@pass_settings
+def up(settings: Settings, model: str, name: str, devices: str | None, max_model_len: int,
+       kv_cache_memory: str) -> None:
+    """Start everything and watch it: the daemon (unless one already answers), MODEL loaded
+    with the shape the planner picks for this machine's devices, and the dashboard. Quitting
+    the dashboard (q) stops the daemon again if this command started it.
+
+    \b
+    Examples:
+      mgpud up
+      mgpud up --devices cpu:3 --model /models/SmolLM2-135M-Instruct
+    """
+    from mgpud.tui.app import run
+
+    proc = None if _answers(settings) else _start_daemon(settings, devices or _default_devices())
+    try:
+        _ensure_model(settings, model, name, max_model_len, kv_cache_memory)
+        code = run(runtime_dir=settings.runtime_dir)
+    finally:
+        if proc is not None:
+            _stop(settings, proc)
+    if code:
+        click.get_current_context().exit(code)
+
+
+COMMANDS = (up,)

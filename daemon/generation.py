@@ -1,0 +1,89 @@
+"""One generation on the daemon's side: the request's handle, its outputs turned into
+frames and a final result, and engine errors turned into protocol errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mgpud.ipc import errors as codes
+from mgpud.ipc.errors import MgpudError
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[dict[str, Any]], None]
+SAMPLING_KEYS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "ignore_eos")
+
+
+@dataclass(eq=False)  # hashed by identity: a model holds a set of them
+class Call:
+    """A running request: where its frames go, and how to cancel it."""
+
+    client: bytes  # the ZeroMQ identity of the client that sent it
+    op: str
+    emit: Emit  # sends a frame to the client
+    cancelled: bool = False
+    on_cancel: Callable[[], None] | None = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.on_cancel:
+            self.on_cancel()
+
+
+async def collect(name: str, outputs: asyncio.Queue[Any], emit: Emit | None) -> dict[str, Any]:
+    """Read a request's RequestOutputs until the last; frames to `emit`; the final result."""
+    token_ids: list[int] = []
+    text: list[str] = []
+    while True:
+        out = await outputs.get()
+        token_ids += out.new_token_ids
+        text.append(out.new_text)
+        if emit and (out.new_text or out.new_token_ids):
+            emit({"text": out.new_text, "token_ids": out.new_token_ids})
+        if out.finished:
+            break
+    if out.finish_reason in ("error", "replica_failed"):
+        raise MgpudError(codes.REPLICA_FAILED, f"{name}: {out.error}")
+    return {
+        "model": name,
+        "text": "".join(text),
+        "token_ids": token_ids,
+        "finish_reason": out.finish_reason,
+        "usage": {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
+                  "total_tokens": out.prompt_tokens + out.completion_tokens},
+        "timings": timings(out),
+    }
+
+
+def timings(out: Any) -> dict[str, float | None]:
+    """Milliseconds from the request's arrival, and decode speed, from its final output."""
+    def ms(t: float | None) -> float | None:
+        return None if t is None else round(1000 * (t - out.arrival_time), 3)
+
+    decode_s = (out.finished_time or 0) - (out.first_token_time or 0)
+    return {
+        "queue_ms": ms(out.first_scheduled_time),
+        "ttft_ms": ms(out.first_token_time),
+        "total_ms": ms(out.finished_time),
+        "decode_tokens_per_s": round((out.completion_tokens - 1) / decode_s, 2)
+        if out.first_token_time and out.completion_tokens > 1 and decode_s > 0 else None,
+    }
+
+
+def generation_error(name: str, exc: Exception) -> MgpudError:
+    from mgpud.engine.errors import EngineDead, EngineError, InvalidRequest
+
+    if isinstance(exc, MgpudError):
+        return exc
+    if isinstance(exc, InvalidRequest):
+        return MgpudError(codes.INVALID_REQUEST, f"{name}: {exc}")
+    if isinstance(exc, EngineDead):
+        return MgpudError(codes.REPLICA_FAILED, f"{name}: {exc}")
+    if isinstance(exc, EngineError):
+        return MgpudError(codes.UNAVAILABLE, f"{name}: {exc}")
+    log.exception("generation on %s failed", name)
+    return MgpudError(codes.INTERNAL, f"{name}: {type(exc).__name__}: {exc}")
