@@ -1,0 +1,157 @@
+"""The dashboard's pure parts: reading telemetry, figures, bars, verdicts, event lines,
+and the telemetry worker's reconnection (with a fake client)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mgpud.ipc import DaemonUnavailable
+from mgpud.tui import render
+from mgpud.tui.events import describe
+from mgpud.tui.feed import follow
+from mgpud.tui.messages import ConnectionChanged, DaemonEvent, SnapshotArrived
+from mgpud.tui.state import HISTORY_SAMPLES, History, MemorySplit, parse_snapshot
+from mgpud.tui.verdict import judge
+from test_tui_snapshots import PLAN, telemetry
+
+# A model as the first daemon described it: one engine, its own `figures` and `info`.
+SINGLE_ENGINE = {
+    "name": "tiny", "model": "/m/tiny", "state": "ready", "tp": 2, "dp": 1, "devices": ["cpu:0", "cpu:1"],
+    "progress": None, "pids": [11, 12], "info": {"max_model_len": 256},
+    "stats": {"running": 1, "waiting": 3, "kv_blocks_used": 128, "kv_blocks_total": 512},
+    "figures": {"tokens_per_s": 12.5, "ttft_p50_ms": 20.0, "ttft_p95_ms": 31.0, "running": 1},
+}
+
+
+def test_reads_replicas_and_their_figures() -> None:
+    snap = parse_snapshot(telemetry(3), History())
+    smol, tiny = snap.models
+    assert (smol.tp, smol.dp, smol.running, smol.waiting) == (1, 2, 6, 2)
+    assert smol.kv_headroom == pytest.approx(1 - 700 / 2000)
+    assert [r.tokens_per_s for r in smol.replicas] == pytest.approx([18.0, 12.0])
+    assert smol.replicas[0].kv_headroom == pytest.approx(0.4)
+    assert (tiny.state, tiny.progress) == ("loading", 0.45)
+    cpu0 = snap.devices[0]
+    assert (cpu0.model, cpu0.replica, cpu0.rank) == ("smol", 0, 0)
+    assert cpu0.split is not None and cpu0.split.kv_reserved == (2048 - 1400) << 20
+
+
+def test_reads_a_single_engine_model_and_tolerates_missing_fields() -> None:
+    model = parse_snapshot({"models": [SINGLE_ENGINE]}, History()).models[0]
+    assert (model.tokens_per_s, model.ttft_p95_ms, model.max_model_len, model.pids) == (12.5, 31.0, 256, (11, 12))
+    assert model.kv_headroom == 0.75 and model.replicas == ()
+    bare = parse_snapshot({"daemon": {}, "devices": [{"id": "cuda:0"}], "models": [{"name": "x"}]}, History())
+    assert bare.devices[0].split is None and bare.models[0].tokens_per_s is None
+    assert bare.daemon.state == "?"
+
+
+def test_unreadable_telemetry_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="unreadable telemetry"):
+        parse_snapshot({"models": [{"no": "name"}]}, History())
+    with pytest.raises(ValueError):
+        parse_snapshot({"devices": "not a list of maps"}, History())
+
+
+def test_history_keeps_a_window_per_model_and_forgets_unloaded_ones() -> None:
+    history = History()
+    for step in range(HISTORY_SAMPLES + 5):
+        series = parse_snapshot(telemetry(step), history).history
+    assert len(series["smol"].tokens_per_s) == HISTORY_SAMPLES
+    assert series["smol"].tokens_per_s[-1] == 10.0 * (HISTORY_SAMPLES + 4)
+    assert set(parse_snapshot({"models": [SINGLE_ENGINE]}, history).history) == {"tiny"}
+
+
+def test_figures() -> None:
+    sizes = [render.size(n) for n in (None, 512, 1536, 340 << 20, 2900 << 20)]
+    assert sizes == [render.NONE, "512B", "1.5K", "340M", "2.8G"]
+    assert [render.duration(s) for s in (42, 303, 3723, 273600)] == ["42s", "5m03s", "1h02m", "3d04h"]
+    assert render.millis(12_345) == "12.3s" and render.millis(80.4) == "80"
+
+
+@pytest.mark.parametrize("width", [6, 16, 40])
+def test_memory_bar_fills_its_width_and_shows_small_parts(width: int) -> None:
+    split = MemorySplit(weights=1 << 20, kv_used=0, kv_reserved=2 << 20, activations=10,
+                        other=300 << 20, free=4 << 30)
+    bar = render.memory_bar(split, width).plain
+    assert len(bar) == width
+    assert {"█", "▒", "░", "▚", "·"} <= set(bar) and "▓" not in bar  # KV in use: none
+
+
+def test_gauge() -> None:
+    assert render.gauge(0.5, 6).plain == "███░░░  50%"
+    assert render.gauge(None, 6).plain == render.NONE
+
+
+def test_verdicts() -> None:
+    auto = judge(PLAN, 0, 0)
+    assert auto.fits and auto.headline == "fits: tp 1 x dp 3 (the planner's choice)"
+    assert "dp=3: 3 devices // tp=1" in auto.details
+    assert judge(PLAN, 1, 0).headline.endswith("dp 3 (the planner's choice)")  # dp follows the planner
+    assert judge(PLAN, 1, 2).headline == "fits: tp 1 x dp 2"
+    impossible = judge(PLAN, 2, 1)
+    assert impossible.fits is False and "cannot be split" in impossible.details[0]
+    too_big = judge(PLAN, 4, 1)
+    assert too_big.fits is False and "3 device" in too_big.headline
+
+
+def test_event_lines() -> None:
+    assert describe({"kind": "model_progress", "model": "x"}) is None
+    failed = describe({"kind": "replica_failed", "model": "smol", "replica": 1, "error": "killed"})
+    assert failed is not None and failed.plain == "smol replica 1: FAILED: killed" and failed.style == "bold red"
+    done = describe({"kind": "reconfigure_finished", "model": "smol", "to": {"tp": 2, "dp": 1},
+                     "duration_s": 3.2, "held_s": 0.4})
+    assert done is not None and done.plain == "smol: now tp 2 x dp 1 after 3.2 s, requests held 0.4 s"
+    odd = describe({"kind": "something_new", "a": 1, "time": 5})
+    assert odd is not None and odd.plain == "something_new a=1"
+
+
+class FlakyClient:
+    """No daemon, then one that says two things and goes silent."""
+
+    runtime_dir = Path("/nowhere")
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    async def events(self, topics: tuple[str, ...] = ("",)) -> AsyncIterator[dict[str, Any]]:
+        self.attempts += 1
+        if self.attempts == 1:
+            raise DaemonUnavailable("/nowhere/events.sock", "the socket file does not exist")
+        yield {"topic": "event", "time": 1.0, "data": {"kind": "daemon_ready"}}
+        yield {"topic": "telemetry", "time": 2.0, "data": telemetry(0)}
+        raise DaemonUnavailable("/nowhere/events.sock", "no event for 3 s")
+
+
+def test_the_worker_reports_the_connection_and_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mgpud.tui.feed.RETRY_S", 0.0)
+    posted: list[Any] = []
+
+    async def run() -> None:
+        client = FlakyClient()
+        task = asyncio.create_task(follow(client, posted.append))  # type: ignore[arg-type]
+        while client.attempts < 3:
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    asyncio.run(run())
+    kinds = [type(m).__name__ for m in posted[:5]]
+    assert kinds == ["ConnectionChanged", "ConnectionChanged", "DaemonEvent", "SnapshotArrived", "ConnectionChanged"]
+    down, up, event, snap, lost = posted[:5]
+    assert isinstance(down, ConnectionChanged) and not down.connected and "does not exist" in down.reason
+    assert isinstance(up, ConnectionChanged) and up.connected and up.at == 1.0
+    assert isinstance(event, DaemonEvent) and event.data["kind"] == "daemon_ready"
+    assert isinstance(snap, SnapshotArrived) and snap.snapshot.models[0].name == "smol"
+    assert isinstance(lost, ConnectionChanged) and "no event" in lost.reason
+
+
+def test_snapshots_coalesce_and_events_do_not() -> None:
+    snap = parse_snapshot(telemetry(0), History())
+    newer = SnapshotArrived(snap)
+    assert newer.can_replace(SnapshotArrived(snap))
+    assert not newer.can_replace(DaemonEvent(0.0, {"kind": "daemon_ready"}))
+    assert not DaemonEvent(0.0, {}).can_replace(DaemonEvent(0.0, {}))

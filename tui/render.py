@@ -1,0 +1,137 @@
+"""Figures and bars as short Rich texts.
+
+Every bar is drawn with a distinct glyph per segment as well as a colour, so that it still
+reads on a monochrome terminal or with NO_COLOR set.
+"""
+
+from __future__ import annotations
+
+import time
+
+from rich.text import Text
+
+from .state import MemorySplit
+
+# (field of MemorySplit, glyph, colour, label, short label)
+MEMORY_SEGMENTS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("weights", "█", "dodger_blue2", "weights", "weights"),
+    ("kv_used", "▓", "magenta", "KV in use", "KV used"),
+    ("kv_reserved", "▒", "orchid", "KV reserved, not in use yet", "KV res"),
+    ("activations", "░", "yellow", "activations (peak, measured at load)", "act"),
+    ("other", "▚", "red", "other: runtime, other processes", "other"),
+    ("free", "·", "grey50", "free", "free"),
+)
+NONE = "–"  # a figure the daemon does not know (yet)
+
+
+def size(n: int | None) -> str:
+    """Bytes in binary units, three significant figures at most: 512B, 1.5K, 340M, 2.8G."""
+    if n is None:
+        return NONE
+    value = float(n)
+    for unit in ("B", "K", "M", "G", "T"):
+        if abs(value) < 1000 or unit == "T":
+            break
+        value /= 1024
+    if unit == "B":
+        return f"{int(value)}B"
+    return f"{value:.1f}{unit}" if value < 10 else f"{value:.0f}{unit}"
+
+
+def clip(text: str | None, width: int) -> str:
+    """`text` cut to `width` characters, an ellipsis marking the cut."""
+    text = text or ""
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def count(n: int | None) -> str:
+    return NONE if n is None else str(n)
+
+
+def rate(tokens_per_s: float | None) -> str:
+    return NONE if tokens_per_s is None else f"{tokens_per_s:.1f}"
+
+
+def millis(ms: float | None) -> str:
+    if ms is None:
+        return NONE
+    return f"{ms / 1000:.1f}s" if ms >= 10_000 else f"{ms:.0f}"
+
+
+def percent(value: float | None, unit: str = "%") -> str:
+    return NONE if value is None else f"{value:.0f}{unit}"
+
+
+def duration(seconds: float | None) -> str:
+    """An uptime: 42s, 5m03s, 1h02m, 3d04h."""
+    if seconds is None:
+        return NONE
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def clock(timestamp: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(timestamp))
+
+
+def _cells(values: list[int], width: int) -> list[int]:
+    """Split `width` cells in proportion to `values`; a non-zero value gets at least one
+    cell when there is room, so that a small KV cache next to large weights still shows."""
+    total = sum(values)
+    if total <= 0 or width <= 0:
+        return [0] * len(values)
+    cells = [v * width // total for v in values]
+    visible = sum(1 for v in values if v > 0)
+    if visible <= width:
+        cells = [max(c, 1) if v > 0 else c for c, v in zip(cells, values, strict=True)]
+    # Settle rounding on the biggest segment, where a cell more or less matters least.
+    biggest = max(range(len(values)), key=lambda i: cells[i])
+    cells[biggest] += width - sum(cells)
+    return cells
+
+
+def memory_bar(split: MemorySplit | None, width: int) -> Text:
+    if split is None:
+        return Text("?" * width, style="grey50")
+    values = [getattr(split, name) for name, *_ in MEMORY_SEGMENTS]
+    bar = Text()
+    for (_, glyph, colour, _, _), n in zip(MEMORY_SEGMENTS, _cells(values, width), strict=True):
+        bar.append(glyph * n, style=colour)
+    return bar
+
+
+def memory_legend(short: bool) -> Text:
+    legend = Text()
+    for _, glyph, colour, label, brief in MEMORY_SEGMENTS:
+        legend.append(glyph, style=colour)
+        legend.append(f" {brief} " if short else f" {label}\n")
+    return legend
+
+
+def gauge(fraction: float | None, width: int) -> Text:
+    """A filled bar for a fraction between 0 and 1, and its percentage."""
+    if fraction is None:
+        return Text(NONE)
+    fraction = min(1.0, max(0.0, fraction))
+    filled = round(fraction * width)
+    colour = "green" if fraction > 0.3 else "yellow" if fraction > 0.1 else "red"
+    return Text.assemble(("█" * filled, colour), ("░" * (width - filled), "grey50"), f" {fraction:4.0%}")
+
+
+STATE_STYLES = {
+    "ready": "green", "running": "green",
+    "loading": "yellow", "starting": "yellow", "reconfiguring": "yellow", "restarting": "yellow",
+    "draining": "yellow", "unloading": "yellow", "degraded": "yellow",
+    "failed": "bold red", "stopping": "bold red",
+}
+
+
+def state(name: str, progress: float | None = None) -> Text:
+    text = name if progress is None else f"{name} {progress:.0%}"
+    return Text(text, style=STATE_STYLES.get(name, ""))
