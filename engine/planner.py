@@ -198,12 +198,15 @@ class _Ask:
     length: int  # tokens
     concurrency: int
     block_size: int
+    batched_tokens: int  # the engine's max_num_batched_tokens: the profiled step
+    max_seqs: int  # the engine's max_num_seqs: rows of logits in that step
 
 
 def plan(model: ModelConfig | str | Path, devices: DevicePool | str | None = None, *,
          dtype: str | None = None, max_model_len: int | None = None, concurrency: int = 16,
          memory_utilization: float = 0.9, tp: int = 0, dp: int = 0, block_size: int = 16,
-         device_memory: int | None = None) -> Plan:
+         device_memory: int | None = None, max_num_seqs: int = 256,
+         max_num_batched_tokens: int = 2048) -> Plan:
     """Every (tp, dp) shape for `model` on `devices`, and the one to use.
 
     model: a ModelConfig, a model directory, a config.json, or a preset name.
@@ -217,7 +220,8 @@ def plan(model: ModelConfig | str | Path, devices: DevicePool | str | None = Non
     pool = devices if isinstance(devices, DevicePool) else resolve_devices(devices, device_memory)
     wdtype = normalize_dtype(dtype or ("bf16" if pool.kind == "cuda" else "fp32"))
     ask = _Ask(cfg, pool.hardware, wdtype, device_budget(pool, memory_utilization),
-               max_model_len or cfg.max_position_embeddings, concurrency, block_size)
+               max_model_len or cfg.max_position_embeddings, concurrency, block_size,
+               max_num_batched_tokens, max_num_seqs)
     valid = cfg.valid_tp_degrees(pool.count)
     shapes = [_shape(ask, t, d) for t in valid for d in range(1, pool.count // t + 1)]
     knee = knee_tp(cfg, ask.hw, wdtype, valid, concurrency, ask.length // 2) if ask.hw else None
@@ -270,10 +274,27 @@ def device_budget(pool: DevicePool, utilization: float) -> int:  # bytes for wei
     return int(pool.memory * utilization) - pool.in_use - RUNTIME_MEMORY[pool.kind]
 
 
+# Measured peaks run ~2x the tensors a step keeps alive at once (allocator slack, attention
+# scratch); estimating high keeps the plan on the safe side of what the engine will find.
+_ACTIVATION_SLACK = 2
+
+
+def activation_peak_bytes(cfg: ModelConfig, dtype: str, tp: int, batched_tokens: int, max_seqs: int) -> int:
+    """Peak activation bytes of rank 0 in the engine's profile step (its largest step):
+    per-token intermediates of one layer, plus the logits gathered on rank 0."""
+    act = activation_bytes(dtype)
+    width = 6 * cfg.hidden_size + (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim // tp \
+        + 3 * cfg.intermediate_size // tp
+    rows = min(max_seqs, batched_tokens)
+    gathered = 1 / tp + (2 if tp > 1 else 0)  # the local slice, then every rank's parts and their concatenation
+    return int(batched_tokens * width * act * _ACTIVATION_SLACK + rows * cfg.vocab_size * 4 * gathered)
+
+
 def _shape(ask: _Ask, tp: int, dp: int) -> Shape:
     weights = weight_bytes(ask.cfg, ask.dtype, tp)
     per_token = kv_bytes_per_token(ask.cfg, ask.dtype, tp)
-    room = max(0, ask.budget - weights)
+    room = max(0, ask.budget - weights - activation_peak_bytes(
+        ask.cfg, ask.dtype, tp, ask.batched_tokens, ask.max_seqs))
     tokens = room // (per_token * ask.block_size) * ask.block_size
     sequences = tokens // (_ceil_div(ask.length, ask.block_size) * ask.block_size)
     batch = min(ask.concurrency, sequences)
@@ -369,8 +390,8 @@ def _impossible(cfg: ModelConfig, count: int) -> dict[int, str]:
 
 
 def _notes(ask: _Ask) -> list[str]:
-    notes = ["KV room excludes activations: the engine measures them at load time and takes "
-             "them from it"]
+    notes = ["KV room is after an estimate of activations; the engine measures them at load "
+             "time and sizes the KV cache from that"]
     if ask.cfg.architecture not in SUPPORTED_ARCHITECTURES:
         notes.append(f"{ask.cfg.architecture}: a plan only; this engine does not serve it yet")
     if ask.hw:

@@ -107,7 +107,7 @@ def hardware_for_gpu(nvml_name: str) -> Hardware | None:
 
 # Memory a worker holds before any weights; the planner leaves it out of the budget.
 RUNTIME_MEMORY = {"cuda": 1 * GiB,  # CUDA context, cuBLAS workspace, NCCL buffers
-                  "cpu": 320 * MiB}  # Python, torch and gloo (~230 MiB measured after import)
+                  "cpu": 272 * MiB}  # Python, torch, gloo, zmq: 256-268 MiB measured in loaded workers
 
 
 @dataclass(frozen=True)

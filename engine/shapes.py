@@ -5,9 +5,8 @@ from __future__ import annotations
 from .config import EngineConfig, ModelConfig
 from .devices import cpu_device_memory
 from .errors import ModelLoadError
+from .planner import activation_peak_bytes, kv_bytes_per_token, normalize_dtype, weight_bytes
 from .presets import RUNTIME_MEMORY
-
-_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def _problem(model: ModelConfig, cfg: EngineConfig, tp: int, dp: int, devices: int,
@@ -19,14 +18,15 @@ def _problem(model: ModelConfig, cfg: EngineConfig, tp: int, dp: int, devices: i
                 f"{model.num_kv_heads} KV heads")
     if tp * dp > devices:
         return f"tp={tp} x dp={dp} needs {tp * dp} devices but {devices} are available to this model"
-    dtype = _DTYPE_BYTES[cfg.dtype_name(on_cuda=False)]
-    need = max_model_len * model.kv_bytes_per_token(dtype, tp)
+    dtype = normalize_dtype(cfg.dtype_name(on_cuda=False))
+    need = max_model_len * kv_bytes_per_token(model, dtype, tp)
     if cfg.kv_cache_memory is not None:
         room = cfg.kv_cache_memory
     else:
         # CPU devices: a share of RAM unless configured; CUDA budgets are measured at load.
         capacity = cfg.device_memory or cpu_device_memory(devices)
-        room = int(capacity * cfg.memory_utilization) - model.param_count() * dtype // tp - RUNTIME_MEMORY["cpu"]
+        room = (int(capacity * cfg.memory_utilization) - RUNTIME_MEMORY["cpu"] - weight_bytes(model, dtype, tp)
+                - activation_peak_bytes(model, dtype, tp, cfg.max_num_batched_tokens, cfg.max_num_seqs))
     if room < need:
         return (f"at tp={tp} one max_model_len={max_model_len} sequence needs {need / 2**20:.0f} MiB of KV "
                 f"cache per device but about {max(room, 0) / 2**20:.0f} MiB is left")

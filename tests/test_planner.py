@@ -10,7 +10,7 @@ import pytest
 from mgpud.engine import planner, presets
 from mgpud.engine.config import ModelConfig
 from mgpud.engine.devices import DeviceSpecError
-from mgpud.engine.planner import (ParamGroups, PlanError, allreduce_bytes_per_token, decode_step,
+from mgpud.engine.planner import (ParamGroups, PlanError, activation_peak_bytes, allreduce_bytes_per_token, decode_step,
                                   format_table, kv_bytes_per_token, param_groups, plan, weight_bytes)
 from mgpud.engine.presets import HARDWARE, DevicePool, Hardware, describe, model_preset
 
@@ -56,8 +56,12 @@ def test_llama_8b_fp16_fits_one_40gb_card():
     assert p.budget == int(40960 * MiB * 0.9) - 1 * GiB == 37_580_963_840
     [shape] = p.shapes
     assert shape.fits and p.chosen == (1, 1) and p.ok
-    # (37_580_963_840 - 16_060_522_496) // (131_072 x 16) = 10261 blocks of 16 tokens
-    assert shape.kv_tokens == 164_176 and shape.sequences == 164_176 // 8192 == 20
+    # Activations of the profile step (2048 tokens, 256 logit rows), fp16:
+    #   2048 x (6 x 4096 + 48 x 128 + 3 x 14336) x 2 B x 2 (slack) = 603_979_776
+    #   + 256 x 128_256 x 4 B = 131_334_144
+    assert activation_peak_bytes(L8, "fp16", 1, 2048, 256) == 735_313_920
+    # (37_580_963_840 - 16_060_522_496 - 735_313_920) // (131_072 x 16) = 9911 blocks of 16 tokens
+    assert shape.kv_tokens == 158_576 and shape.sequences == 158_576 // 8192 == 19
 
 
 def test_llama_70b_fp16_needs_tp2_on_80gb_cards():
