@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a small smoke run")
     args = ap.parse_args()
     model = str(demo_model_dir())
-    work = chat_workload(4, 4, 8) if args.quick else chat_workload(32, 32, 96, seed=1)
+    work = chat_workload(2, 2, 4) if args.quick else chat_workload(32, 32, 96, seed=1)
     result = {name: run(model, tp, dp, threads, work) for name, tp, dp, threads in SHAPES}
     emit("scaling", result, args.json, quick=args.quick)
 

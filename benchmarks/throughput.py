@@ -61,7 +61,7 @@ def main() -> None:
     args = ap.parse_args()
     threads = os.cpu_count() or 1
     model = str(demo_model_dir())
-    work = chat_workload(8, 8, 16) if args.quick else chat_workload(64, 16, 256)
+    work = chat_workload(4, 4, 8) if args.quick else chat_workload(64, 16, 256)
     peak = matmul_peak_flops(threads)
     m_s, m_gen, m_prompt = run_mgpud(model, work, threads)
     t_s, t_gen = run_transformers(model, work, threads, batch=32)

@@ -88,6 +88,10 @@ class ModelRunner:
         self.kv = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.caches = [(layer[0], layer[1]) for layer in self.kv]
 
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     @torch.inference_mode()
     def execute(self, step: StepInput) -> torch.Tensor | None:
         """Full-vocab float32 logits [S, vocab] for the sampling sequences on rank 0."""

@@ -200,13 +200,14 @@ class _Ask:
     block_size: int
     batched_tokens: int  # the engine's max_num_batched_tokens: the profiled step
     max_seqs: int  # the engine's max_num_seqs: rows of logits in that step
+    kv_cache_memory: int | None  # bytes per device when set explicitly (no profiling then)
 
 
 def plan(model: ModelConfig | str | Path, devices: DevicePool | str | None = None, *,
          dtype: str | None = None, max_model_len: int | None = None, concurrency: int = 16,
          memory_utilization: float = 0.9, tp: int = 0, dp: int = 0, block_size: int = 16,
          device_memory: int | None = None, max_num_seqs: int = 256,
-         max_num_batched_tokens: int = 2048) -> Plan:
+         max_num_batched_tokens: int = 2048, kv_cache_memory: int | None = None) -> Plan:
     """Every (tp, dp) shape for `model` on `devices`, and the one to use.
 
     model: a ModelConfig, a model directory, a config.json, or a preset name.
@@ -214,6 +215,7 @@ def plan(model: ModelConfig | str | Path, devices: DevicePool | str | None = Non
     to discover ("auto", "0,1"); None = auto. dtype: weights (fp32, bf16, fp16, fp8, int8);
     None = bf16 on GPUs, fp32 on CPU. tp, dp: 0 = automatic.
     device_memory: bytes per CPU device (default: a share of RAM).
+    kv_cache_memory: KV bytes per device, as a load with that setting would allocate.
     """
     _check_knobs(max_model_len, concurrency, memory_utilization, tp, dp, block_size)
     cfg, label = load_model(model)
@@ -221,7 +223,7 @@ def plan(model: ModelConfig | str | Path, devices: DevicePool | str | None = Non
     wdtype = normalize_dtype(dtype or ("bf16" if pool.kind == "cuda" else "fp32"))
     ask = _Ask(cfg, pool.hardware, wdtype, device_budget(pool, memory_utilization),
                max_model_len or cfg.max_position_embeddings, concurrency, block_size,
-               max_num_batched_tokens, max_num_seqs)
+               max_num_batched_tokens, max_num_seqs, kv_cache_memory)
     valid = cfg.valid_tp_degrees(pool.count)
     shapes = [_shape(ask, t, d) for t in valid for d in range(1, pool.count // t + 1)]
     knee = knee_tp(cfg, ask.hw, wdtype, valid, concurrency, ask.length // 2) if ask.hw else None
@@ -293,8 +295,11 @@ def activation_peak_bytes(cfg: ModelConfig, dtype: str, tp: int, batched_tokens:
 def _shape(ask: _Ask, tp: int, dp: int) -> Shape:
     weights = weight_bytes(ask.cfg, ask.dtype, tp)
     per_token = kv_bytes_per_token(ask.cfg, ask.dtype, tp)
-    room = max(0, ask.budget - weights - activation_peak_bytes(
-        ask.cfg, ask.dtype, tp, ask.batched_tokens, ask.max_seqs))
+    if ask.kv_cache_memory is not None:
+        room = ask.kv_cache_memory
+    else:
+        room = max(0, ask.budget - weights - activation_peak_bytes(
+            ask.cfg, ask.dtype, tp, ask.batched_tokens, ask.max_seqs))
     tokens = room // (per_token * ask.block_size) * ask.block_size
     sequences = tokens // (_ceil_div(ask.length, ask.block_size) * ask.block_size)
     batch = min(ask.concurrency, sequences)

@@ -87,6 +87,7 @@ class Rank0Loop:
             sock.send(payload)
         forward = time.perf_counter()
         logits = self.runner.execute(step)
+        self.runner.synchronize()  # CUDA returns before its kernels finish: time the work itself
         self.forward_seconds += time.perf_counter() - forward
         sampling = [seq for seq, n in batch if seq.num_computed_tokens + n == seq.num_tokens]
         tokens = sample(logits, sampling) if sampling else []

@@ -84,9 +84,11 @@ class Worker:
         cfg = ModelConfig.from_dir(Path(a.model_dir))
         self.runner = ModelRunner(cfg, Path(a.model_dir), self.group, self.device, a.dtype,
                                   a.max_model_len, a.block_size, progress)
-        if a.rank == 0:
-            self.send("progress", progress=_phase("profile", "measuring activation memory"))
-        peak = self.runner.profile(a.max_num_batched_tokens, a.max_num_seqs)
+        peak = 0  # an explicit KV budget needs no measurement (and saves a full-size forward)
+        if a.kv_cache_memory is None:
+            if a.rank == 0:
+                self.send("progress", progress=_phase("profile", "measuring activation memory"))
+            peak = self.runner.profile(a.max_num_batched_tokens, a.max_num_seqs)
         num_blocks = self._agree_on_blocks(peak)
         self.runner.allocate_kv(num_blocks)
         self.send("ready", rank=a.rank, pid=os.getpid(), weight_bytes=self.runner.weight_bytes,
