@@ -1,8 +1,10 @@
 """How fast the daemon answers `status`: idle, then while its engine is saturated with
-generation, in one run. A real `mgpud` daemon on one CPU device (every core) serves the
-demo model (SmolLM2-135M) at tp=1 dp=1; for the loaded half, a separate process keeps
-many streaming generate requests running, each on its own client connection, while this
-process times `status` round trips on another connection.
+generation, in one run. A real `mgpud` daemon with two CPU devices serves the demo model
+(SmolLM2-135M) at tp=1 dp=1 on one of them, one thread, as a GPU would hold the model
+while the host's cores serve the daemon (one device with both threads is slower here:
+when anything else runs, the two threads wait on each other). For the loaded half, a
+separate process keeps many streaming generate requests running, each on its own client
+connection, while this process times `status` round trips on another connection.
 
     python benchmarks/control_latency.py [--json] [--quick]
 
@@ -26,6 +28,7 @@ from mgpud.daemon.testing import DaemonProcess
 from mgpud.ipc import AsyncClient, Client
 
 MODEL = "smol"
+DEVICES = "cpu:2"
 PROBE_GAP = 0.01  # seconds between probes: samples spread over the run, not one burst
 
 
@@ -104,10 +107,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a small smoke run")
     args = ap.parse_args()
     count, streams, max_tokens = (200, 4, 32) if args.quick else (2000, 16, 256)
-    with DaemonProcess("--log-level", "warning", devices="cpu:1") as daemon:
+    with DaemonProcess("--log-level", "warning", devices=DEVICES) as daemon:
         daemon.call("load", model="demo", name=MODEL, tp=1, dp=1, max_model_len=1024, kv_cache_memory=256 << 20)
         result = measure(daemon, count, streams, max_tokens)
-    emit("control_latency", {**result, "devices": "cpu:1", "model": "demo (SmolLM2-135M), tp=1 dp=1"},
+    emit("control_latency", {**result, "devices": DEVICES, "model": "demo (SmolLM2-135M), tp=1 dp=1 on cpu:0"},
          args.json, quick=args.quick)
 
 

@@ -5,7 +5,6 @@ A handler returns the result map, or raises MgpudError for an error reply.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import platform
 import time
@@ -14,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 import zmq
-from mgpud.ipc import errors as codes
 from mgpud.ipc.errors import MgpudError
 from mgpud.ipc.framing import PROTOCOL_VERSION
 from mgpud.ipc.schema import Request
@@ -169,20 +167,14 @@ async def cancel(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
 
 @handler
 async def plan(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
-    """plan {model, dtype?, max_model_len?, memory_utilization?, concurrency?} -> the planner's
-    plan for this daemon's devices: shapes (fits, why, memory and throughput figures per
-    shape), impossible TP degrees and why, chosen [tp, dp], reasons, notes."""
-    from mgpud.engine.errors import EngineError
-    from mgpud.engine.planner import plan as make_plan
-    from mgpud.engine.presets import pool_from_devices
-
-    knobs = {k: v for k, v in req.args.items() if k != "model" and v is not None}
-    try:
-        result = await asyncio.to_thread(
-            lambda: make_plan(req.args["model"], pool_from_devices(d.telemetry.devices), **knobs))
-    except EngineError as exc:
-        raise MgpudError(codes.BAD_REQUEST, str(exc)) from None
-    return result.to_dict()
+    """plan {model?, name?, tp?, dp?, the engine limits of load (dtype also fp8, int8)?,
+    concurrency?} -> the planner's plan on the devices a load could use (the free ones) or,
+    with `name`, a reshape of that model (its devices too), under the limits it would run
+    with (the request's, else the named model's, else the config's): shapes (fits, why,
+    memory and throughput figures per shape), impossible TP degrees and why, chosen
+    [tp, dp], reasons, notes. tp and dp as given are judged exactly; omitted: the planner
+    chooses, or with `name` they stay the model's."""
+    return (await d.models.plan(req.args)).to_dict()
 
 
 @handler

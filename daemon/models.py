@@ -21,11 +21,13 @@ from mgpud.ipc import errors as codes
 from mgpud.ipc.errors import MgpudError
 
 from .generation import SAMPLING_KEYS, Call, Emit, collect, generation_error
+from .planning import run_planner, usable_devices
 from .state import StateStore
 from .threads import call_soon, in_thread
 
 if TYPE_CHECKING:
     from mgpud.engine.devices import Device
+    from mgpud.engine.planner import Plan
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ class Model:
             "dp": stats["dp"] if stats else self.spec["dp"],
             "devices": devices,
             "error": self.error,
-            "progress": self.progress if self.state == "loading" else None,
+            "progress": self.progress if self.state in ("loading", "reconfiguring") else None,
             "reasons": self.reasons,
             "loaded_at": self.loaded_at,
             "stats": stats,
@@ -77,10 +79,11 @@ class Model:
 
 class ModelManager:
     def __init__(self, inventory: list[Device], store: StateStore, publish: Emit,
-                 engine_defaults: Callable[[], dict[str, Any]]) -> None:
+                 engine_defaults: Callable[[], dict[str, Any]], readings: Callable[[], list[Device]]) -> None:
         from mgpud.engine.pool import DevicePool
 
         self.inventory = inventory
+        self._readings = readings  # the devices as last read: what other processes hold on them
         self.pool = DevicePool([d.id for d in inventory])
         self.models: dict[str, Model] = {}
         self.accepting = True
@@ -175,7 +178,7 @@ class ModelManager:
         tp, dp = tp or model.group.tp, dp or model.group.dp
         loop = asyncio.get_running_loop()
         progress = _ProgressRelay(model, self._publish)
-        model.state = "reconfiguring"
+        model.state, model.progress = "reconfiguring", None  # the load's last progress is over
         model.watchers.add(emit)
         try:
             report = await in_thread(lambda: model.group.reconfigure(
@@ -188,6 +191,22 @@ class ModelManager:
         model.spec.update(tp=tp, dp=dp)
         await self.save()
         return {**report, "model": model.describe()}
+
+    async def plan(self, args: dict[str, Any]) -> Plan:
+        """The planner's Plan, as the `plan` operation describes: for a load of args["model"]
+        on the free devices or, with args["name"], for a reshape of that loaded model."""
+        from mgpud.engine.errors import EngineError
+
+        reshaped = self.get(args["name"]) if args["name"] else None
+        # Omitted arguments mean what they mean to the operation planned: a load's planner
+        # chooses the shape; a reshape keeps the model's tp or dp and its engine limits.
+        ask = (reshaped.spec if reshaped else {"tp": 0, "dp": 0}) | {k: v for k, v in args.items() if v is not None}
+        devices = usable_devices(self._readings(), self.pool.free, _workers(reshaped) if reshaped else {})
+        try:
+            return await asyncio.to_thread(run_planner, ask["model"], devices, ask["tp"], ask["dp"],
+                                           self._limits(ask), args["concurrency"])
+        except EngineError as exc:
+            raise MgpudError(codes.BAD_REQUEST, str(exc)) from None
 
     async def restore(self, specs: list[dict[str, Any]], persist: bool) -> None:
         """Load, one after the other, models from the state file or the config."""
@@ -322,11 +341,10 @@ class ModelManager:
         """The planner's (tp, dp) for this model on `devices` where the load left one at 0."""
         from mgpud.engine.errors import EngineError
 
-        if not devices:
-            raise MgpudError(codes.BUSY, "every device is in use; unload a model first")
-        knobs = {k: v for k, v in self._limits(spec).items() if k in ("dtype", "max_model_len", "memory_utilization")}
+        usable = usable_devices(self._readings(), {d.id for d in devices}, {})
         try:
-            plan = await asyncio.to_thread(_plan, spec["model"], devices, spec["tp"], spec["dp"], knobs)
+            plan = await asyncio.to_thread(run_planner, spec["model"], usable, spec["tp"], spec["dp"],
+                                           self._limits(spec))
         except EngineError as exc:
             raise MgpudError(codes.LOAD_FAILED, f"planning {spec['model']}: {exc}") from None
         if plan.chosen is None:
@@ -377,12 +395,13 @@ async def _all_idle(models: Any, timeout: float) -> bool:
     return not pending
 
 
-def _plan(model: str, devices: list[Device], tp: int, dp: int, knobs: dict[str, Any]) -> Any:
-    """The planner's Plan for `model` ("demo" is one of its presets) on `devices`."""
-    from mgpud.engine.planner import plan
-    from mgpud.engine.presets import pool_from_devices
-
-    return plan(model, pool_from_devices(devices), tp=tp, dp=dp, **knobs)
+def _workers(model: Model) -> dict[str, set[int]]:
+    """The model's devices -> its worker pids, all of which a reshape may stop."""
+    stats = model.group.stats() if model.group is not None else None
+    if stats is None:
+        return {}
+    pids = {pid for r in stats["replicas"] for pid in r["pids"]}
+    return {device: pids for r in stats["replicas"] for device in r["devices"]}
 
 
 def _construct(config: dict[str, Any], dp: int, pool: Any, name: str, devices: list[str] | None,

@@ -73,8 +73,9 @@ class Daemon:
         except DeviceSpecError as exc:
             log.error("%s", exc)
             return 2
-        self.models = ModelManager(inventory, self.store, self._on_model_event, lambda: self.config.engine)
         self.telemetry = Telemetry(inventory)
+        self.models = ModelManager(inventory, self.store, self._on_model_event, lambda: self.config.engine,
+                                   lambda: self.telemetry.devices)
         self._stopped = asyncio.Event()
         try:
             await self._take_runtime_dir()

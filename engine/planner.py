@@ -306,13 +306,15 @@ def _shape(ask: _Ask, tp: int, dp: int) -> Shape:
     step = decode_step(ask.cfg, ask.hw, ask.dtype, tp, batch, ask.length // 2) if ask.hw and batch else None
     rate = dp * batch / step.total if step else (0.0 if ask.hw else None)
     per_token_ar = allreduce_bytes_per_token(ask.cfg, ask.dtype, tp)
-    return Shape(tp, dp, weights <= ask.budget and sequences >= 1, _why(ask, weights, tokens, sequences),
+    # An explicit KV size is allocated as given: the engine then checks no memory budget.
+    weights_fit = ask.kv_cache_memory is not None or weights <= ask.budget
+    return Shape(tp, dp, weights_fit and sequences >= 1, _why(ask, weights, tokens, sequences),
                  weights, room, per_token, tokens, sequences, per_token_ar, per_token_ar * batch, batch,
                  rate, step.bound if step else None)
 
 
 def _why(ask: _Ask, weights: int, tokens: int, sequences: int) -> str:
-    if weights > ask.budget:
+    if weights > ask.budget and ask.kv_cache_memory is None:
         return f"weights {fmt_bytes(weights)} exceed the {fmt_bytes(ask.budget)} budget per device"
     if sequences < 1:
         return f"KV room holds {tokens} tokens, less than one {ask.length}-token sequence"
@@ -395,8 +397,9 @@ def _impossible(cfg: ModelConfig, count: int) -> dict[int, str]:
 
 
 def _notes(ask: _Ask) -> list[str]:
-    notes = ["KV room is after an estimate of activations; the engine measures them at load "
-             "time and sizes the KV cache from that"]
+    notes = [f"KV room is the explicit {fmt_bytes(ask.kv_cache_memory)} per device" if ask.kv_cache_memory
+             is not None else "KV room is after an estimate of activations; the engine measures them at "
+             "load time and sizes the KV cache from that"]
     if ask.cfg.architecture not in SUPPORTED_ARCHITECTURES:
         notes.append(f"{ask.cfg.architecture}: a plan only; this engine does not serve it yet")
     if ask.hw:

@@ -166,14 +166,20 @@ OPS: dict[str, Op] = {
         {"id": Arg("request_id", required=True, help="the id of the generate request")},
     ),
     "plan": Op(
-        "The planner's candidate shapes for a model on this daemon's devices.",
+        "The planner's verdict for a load, or a reshape of a loaded model, on the devices it could use.",
         {
-            "model": Arg("str", required=True, help="a model directory, config.json, preset name or 'demo'"),
+            "model": Arg("str", help="a model directory, config.json, preset name or 'demo'; "
+                                     "default: the named model's"),
+            "name": Arg("name", help="a loaded model to reshape: its devices count as available"),
+            "tp": Arg("int", low=0, high=1024, help="the tensor-parallel degree to judge; 0 = automatic; "
+                                                    "default: automatic, or the named model's"),
+            "dp": Arg("int", low=0, high=1024, help="the replicas to judge; 0 = automatic; "
+                                                    "default: automatic, or the named model's"),
+            **_ENGINE_LIMITS,
             "dtype": Arg("str", choices=DTYPES + ("fp8", "int8"), help="weights dtype"),
-            "max_model_len": _ENGINE_LIMITS["max_model_len"],
-            "memory_utilization": _ENGINE_LIMITS["memory_utilization"],
             "concurrency": Arg("int", low=1, high=1 << 16, help="sequences of max_model_len to hold at once"),
         },
+        at_least_one_of=("model", "name"),
     ),
     "shutdown": Op(
         "Stop the daemon: finish running generations (up to timeout seconds), then exit.",

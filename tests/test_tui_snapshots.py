@@ -67,7 +67,7 @@ def telemetry(step: int) -> dict[str, Any]:
     }
     return {
         "daemon": {"version": "0.1.0", "protocol": 1, "pid": 4000, "state": "running",
-                   "started_at": T0 - 3723, "uptime_s": 3723.0 + step / 2, "requests_running": 6},
+                   "started_at": T0 - 3723, "uptime_s": 3723.0 + step / 2, "generations_running": 6},
         "devices": [device(0, "smol", 0, 538 * MiB, 2 * GiB, 1400 * MiB),
                     device(1, "smol", 1, 538 * MiB, 2 * GiB, 200 * MiB),
                     device(2, "tiny", 0, 0, 0, 0)],

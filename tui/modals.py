@@ -61,7 +61,7 @@ class _Dialog(ModalScreen[None]):
         self.client = client
         self.heading = heading
         self._timer: Timer | None = None
-        self._plan: tuple[tuple[str, int | None], dict[str, Any]] | None = None  # (asked, reply)
+        self._plan: tuple[tuple[tuple[str, Any], ...], dict[str, Any]] | None = None  # (asked, reply)
 
     def form(self) -> ComposeResult:
         raise NotImplementedError
@@ -89,8 +89,8 @@ class _Dialog(ModalScreen[None]):
 
     # -- the planner's verdict ------------------------------------------------------------
 
-    def plan_request(self) -> tuple[str, int | None]:
-        """(model, max_model_len) to ask the planner about."""
+    def plan_request(self) -> tuple[tuple[str, Any], ...]:
+        """The `plan` arguments to ask the planner with, as sorted (key, value) pairs."""
         raise NotImplementedError
 
     def shape(self) -> tuple[int, int]:
@@ -110,10 +110,9 @@ class _Dialog(ModalScreen[None]):
         self.query_one(VerdictView).show(pending())
         self.run_worker(self._fetch_plan(asked), group="plan", exclusive=True)
 
-    async def _fetch_plan(self, asked: tuple[str, int | None]) -> None:
-        model, max_model_len = asked
+    async def _fetch_plan(self, asked: tuple[tuple[str, Any], ...]) -> None:
         try:
-            plan = await self.client.call("plan", model=model, max_model_len=max_model_len)
+            plan = await self.client.call("plan", **{k: v for k, v in asked if v is not None})
         except MgpudError as exc:
             self.query_one(VerdictView).show(Verdict(None, "the planner cannot judge this", (exc.message,)))
             return
@@ -182,11 +181,11 @@ class LoadModal(_Dialog):
         yield from _field("Max len", Input(placeholder="the daemon's default", type="integer",
                                            id="max_model_len", compact=True))
 
-    def plan_request(self) -> tuple[str, int | None]:
-        return self.query_one("#model", Input).value.strip(), self.number("max_model_len")
+    def plan_request(self) -> tuple[tuple[str, Any], ...]:
+        return (("max_model_len", self.number("max_model_len")), ("model", self.query_one("#model", Input).value.strip()))
 
     def command(self) -> Coroutine[Any, Any, None] | None:
-        model, max_model_len = self.plan_request()
+        model, max_model_len = self.query_one("#model", Input).value.strip(), self.number("max_model_len")
         if not model:
             self.notify("name a model directory, or demo", severity="warning")
             return None
@@ -230,8 +229,9 @@ class ScaleModal(_Dialog):
         yield from _field("TP", Input(str(self.model.tp), type="integer", id="tp", compact=True))
         yield from _field("DP", Input(str(self.model.dp), type="integer", id="dp", compact=True))
 
-    def plan_request(self) -> tuple[str, int | None]:
-        return self.model.source, self.model.max_model_len
+    def plan_request(self) -> tuple[tuple[str, Any], ...]:
+        # Named: the daemon counts this model's own devices as available for its new shape.
+        return (("name", self.model.name),)
 
     def command(self) -> Coroutine[Any, Any, None] | None:
         tp, dp = self.shape()

@@ -139,7 +139,7 @@ def parse_snapshot(data: Mapping[str, Any], history: History) -> Snapshot:
 def _daemon(d: Mapping[str, Any]) -> DaemonView:
     return DaemonView(version=str(d.get("version", "?")), state=str(d.get("state", "?")),
                       pid=d.get("pid"), uptime_s=d.get("uptime_s"),
-                      generations_running=d.get("generations_running", d.get("requests_running")))
+                      generations_running=d.get("generations_running"))
 
 
 def _device(d: Mapping[str, Any]) -> DeviceView:

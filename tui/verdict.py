@@ -29,7 +29,7 @@ def judge(plan: dict[str, Any], tp: int, dp: int) -> Verdict:
         count = plan.get("device_count", "?")
         want = f"tp {tp or 'auto'} x dp {dp or 'auto'}"
         return Verdict(False, f"{want} does not fit on {count} device(s)",
-                       (f"tp x dp must be at most {count}, the devices of this daemon",))
+                       (f"tp x dp must be at most {count}, the free devices",))
     chosen = list(plan.get("chosen") or ()) == [shape["tp"], shape["dp"]]
     headline = (f"{'fits' if shape['fits'] else 'does not fit'}: tp {shape['tp']} x dp {shape['dp']}"
                 + (" (the planner's choice)" if chosen else ""))
