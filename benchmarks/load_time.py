@@ -180,7 +180,8 @@ def timed_load(model: Path, tp: int) -> dict[str, float]:
     engine = LLMEngine(cfg, progress=progress)
     ready = time.perf_counter()
     engine.shutdown()
-    (first, p), (profile, _) = seen["load"], seen["profile"]
+    # With an explicit KV budget the engine skips profiling: its weights end at "ready".
+    (first, p), (profile, _) = seen["load"], seen.get("profile", seen["ready"])
     # Rank 0 reports weight progress every ~1% of the bytes, so its first report comes
     # after a tensor or more were read: extrapolate the rest's rate to the whole.
     weights = (profile - first) * p.bytes_total / max(1, p.bytes_total - p.bytes_done)

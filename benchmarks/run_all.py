@@ -119,8 +119,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small smoke runs")
     ap.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
     args = ap.parse_args()
-    results = {script.stem: run(script, args.quick) for script in benchmarks(args.names)}
     suffix = ".quick" if args.quick else ""
+    # Running some benchmarks again updates their rows and keeps the others'.
+    previous = RESULTS / f"summary{suffix}.json"
+    results = json.loads(previous.read_text())["results"] if args.names and previous.exists() else {}
+    results.update({script.stem: run(script, args.quick) for script in benchmarks(args.names)})
     command = "python benchmarks/run_all.py" + (" --quick" if args.quick else "")
     RESULTS.mkdir(exist_ok=True)
     summary = {"machine": machine(), "command": command, "results": results}
