@@ -32,7 +32,8 @@ HELPERS = {"common", "run_all"}
 HEADLINES: dict[str, list[tuple[str, str, str]]] = {
     "throughput": [("mgpud output tokens/s (tp=1)", "mgpud_tok_s", ""),
                    ("mgpud / transformers tokens/s", "ratio", ">= 3"),
-                   ("share of the fp32 matmul roofline", "roofline_fraction", ">= 0.5")],
+                   ("share of the fp32 matmul roofline", "roofline_fraction", ">= 0.5"),
+                   ("mgpud output tokens/s with bf16 weights (not compared)", "mgpud_bf16_tok_s", "")],
     "scaling": [("tokens/s tp=1 dp=1", "tp1_dp1.tokens_per_s", ""),
                 ("tokens/s tp=1 dp=2", "tp1_dp2.tokens_per_s", ""),
                 ("tokens/s tp=3 dp=1", "tp3_dp1.tokens_per_s", "")],
