@@ -37,16 +37,6 @@ def fmt_rate(tokens_per_s: float | None) -> str:
     return "-" if tokens_per_s is None else f"{tokens_per_s:,.1f} tok/s"
 
 
-def fmt_count(n: int | None) -> str:
-    """1234 -> 1.2k, 34466064 -> 34.5M: capacities at a glance."""
-    if n is None:
-        return "-"
-    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= div:
-            return f"{n / div:.1f}{suffix}"
-    return str(n)
-
-
 def fmt_duration(seconds: float) -> str:
     s = int(seconds)
     days, s = divmod(s, 86400)

@@ -98,15 +98,19 @@ class ModelConfig:
         return wanted or limit
 
     def valid_tp_degrees(self, limit: int = 64) -> list[int]:
-        return [tp for tp in range(1, limit + 1)
-                if self.num_heads % tp == 0 and self.num_kv_heads % tp == 0]
+        return [tp for tp in range(1, limit + 1) if self.tp_problem(tp) is None]
+
+    def tp_problem(self, tp: int) -> str | None:
+        if tp < 1 or self.num_heads % tp or self.num_kv_heads % tp:
+            return (f"tp={tp} does not divide this model's {self.num_heads} attention heads and "
+                    f"{self.num_kv_heads} KV heads")
+        return None
 
     def check_tp(self, tp: int) -> None:
-        if tp < 1 or self.num_heads % tp or self.num_kv_heads % tp:
+        problem = self.tp_problem(tp)
+        if problem:
             valid = " or ".join(str(t) for t in self.valid_tp_degrees())
-            raise ModelLoadError(
-                f"tp={tp} does not divide this model's {self.num_heads} attention heads and "
-                f"{self.num_kv_heads} KV heads; valid TP degrees: {valid}")
+            raise ModelLoadError(f"{problem}; valid TP degrees: {valid}")
 
     def param_count(self) -> int:
         """Parameters of the whole model (embeddings counted once when tied)."""

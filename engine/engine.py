@@ -167,13 +167,19 @@ class LLMEngine:
         return stream
 
     def cancel(self, request_id: str) -> bool:
-        with self._lock:
-            state = self._requests.pop(request_id, None)
-            if state is None:
-                return False
-            self._send("cancel", request_id=request_id)
+        state = self._drop(request_id)
+        if state is None:
+            return False
         state.finish("cancelled")
         return True
+
+    def _drop(self, request_id: str) -> RequestState | None:
+        """Forget a request here and free its blocks on rank 0."""
+        with self._lock:
+            state = self._requests.pop(request_id, None)
+            if state is not None:
+                self._send("cancel", request_id=request_id)
+        return state
 
     def generate(self, prompts: list[str | list[int]], params: SamplingParams | None = None
                  ) -> list[tuple[list[int], str, RequestOutput]]:
@@ -214,13 +220,7 @@ class LLMEngine:
                 with self._lock:
                     self._requests.pop(rid, None)
             if state.on_token(token, reason, scheduled, first, top) == "stop" and not reason:
-                self.cancel_stopped(rid)
-
-    def cancel_stopped(self, request_id: str) -> None:
-        """A stop string ended the request on this side: free its blocks on rank 0."""
-        with self._lock:
-            if self._requests.pop(request_id, None) is not None:
-                self._send("cancel", request_id=request_id)
+                self._drop(rid)  # a stop string ended it here: rank 0 need not go on
 
     def _watch(self, proc: subprocess.Popen) -> None:
         code = proc.wait()
@@ -245,10 +245,6 @@ class LLMEngine:
     @property
     def alive(self) -> bool:
         return self._dead is None and not self._closing
-
-    @property
-    def failure(self) -> str | None:
-        return self._dead
 
     # -- shutdown ---------------------------------------------------------------------
 

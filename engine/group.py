@@ -126,7 +126,7 @@ class ModelGroup:
 
     def _engine(self, rep: Replica, progress: ProgressFn | None = None) -> LLMEngine:
         cfg = dataclasses.replace(self.config, tp=rep.tp, devices=rep.devices)
-        return LLMEngine(cfg, progress, on_failure=partial(self._on_replica_failure, rep))
+        return LLMEngine(cfg, progress, on_failure=partial(self._mark_failed, rep))
 
     def _mark_ready(self, rep: Replica) -> None:
         with self._lock:
@@ -255,9 +255,6 @@ class ModelGroup:
             threading.Thread(target=self._restart, args=(rep,), name=f"mgpud-restart-{rep.index}",
                              daemon=True).start()
         return True
-
-    def _on_replica_failure(self, rep: Replica, reason: str) -> None:
-        self._mark_failed(rep, reason)
 
     def _restart(self, rep: Replica) -> None:
         while True:

@@ -28,9 +28,6 @@ class TPGroup:
         return torch.cat(parts, dim=-1) if parts is not None else None
 
 
-SINGLE = TPGroup(rank=0, size=1)
-
-
 def split_range(total: int, rank: int, size: int) -> tuple[int, int]:
     """The [start, end) slice of `total` rows that `rank` of `size` keeps."""
     per = total // size

@@ -44,6 +44,7 @@ class Rank0Loop:
         self.step_seconds = 0.0
         self.forward_seconds = 0.0
         self.peak_running = 0
+        self._idle_stats: dict[str, Any] | None = None
         self.running = True
 
     def run(self) -> None:
@@ -106,7 +107,11 @@ class Rank0Loop:
         self.worker.send("outputs", outputs=outputs, stats=self.stats(), step_tokens=step.num_tokens)
 
     def _send_stats(self) -> None:
-        self.worker.send("outputs", outputs=[], stats=self.stats(), step_tokens=0)
+        # Idle polls come 10 times a second: tell the owner only what changed (a cancel).
+        stats = self.stats()
+        if stats != self._idle_stats:
+            self._idle_stats = stats
+            self.worker.send("outputs", outputs=[], stats=stats, step_tokens=0)
 
     def stats(self) -> dict[str, int]:
         blocks = self.scheduler.blocks

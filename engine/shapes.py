@@ -13,9 +13,8 @@ def _problem(model: ModelConfig, cfg: EngineConfig, tp: int, dp: int, devices: i
              max_model_len: int) -> str | None:
     if tp < 1 or dp < 1:
         return "tp and dp must both be at least 1"
-    if model.num_heads % tp or model.num_kv_heads % tp:
-        return (f"tp={tp} does not divide the model's {model.num_heads} attention heads and "
-                f"{model.num_kv_heads} KV heads")
+    if problem := model.tp_problem(tp):
+        return problem
     if tp * dp > devices:
         return f"tp={tp} x dp={dp} needs {tp * dp} devices but {devices} are available to this model"
     dtype = normalize_dtype(cfg.dtype_name(on_cuda=False))

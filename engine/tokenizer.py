@@ -62,10 +62,6 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
-    @property
-    def has_chat_template(self) -> bool:
-        return self._template is not None
-
     def encode(self, text: str, special: bool = True) -> list[int]:
         return self._tok.encode(text, add_special_tokens=special).ids
 

@@ -73,6 +73,7 @@ class Worker:
 
     def start(self) -> None:
         from .config import ModelConfig
+        from .loader import LoadProgress
         from .model_runner import ModelRunner
         from .parallel import TPGroup
 
@@ -87,7 +88,7 @@ class Worker:
         peak = 0  # an explicit KV budget needs no measurement (and saves a full-size forward)
         if a.kv_cache_memory is None:
             if a.rank == 0:
-                self.send("progress", progress=_phase("profile", "measuring activation memory"))
+                self.send("progress", progress=LoadProgress("profile", message="measuring activation memory"))
             peak = self.runner.profile(a.max_num_batched_tokens, a.max_num_seqs)
         num_blocks = self._agree_on_blocks(peak)
         self.runner.allocate_kv(num_blocks)
@@ -131,7 +132,7 @@ class Worker:
             raise ModelLoadError(
                 f"the KV cache holds {num_blocks * a.block_size} tokens per rank but one "
                 f"max_model_len={a.max_model_len} sequence needs {need * a.block_size}: "
-                f"{missing / 2**20:.0f} MiB more KV memory is needed; lower max_model_len, raise "
+                f"{missing / 2**20:.1f} MiB more KV memory is needed; lower max_model_len, raise "
                 "the TP degree, or give the devices more memory (device memory / memory "
                 "utilization / kv cache memory)")
         return num_blocks
@@ -154,12 +155,6 @@ class Worker:
             self.runner.execute(step)
 
 
-def _phase(phase: str, message: str):
-    from .loader import LoadProgress
-
-    return LoadProgress(phase, message=message)
-
-
 def main(args_file: str) -> None:
     args: WorkerArgs = pickle.loads(Path(args_file).read_bytes())
     threading.Thread(target=_die_with_owner, args=(os.getppid(), args.run_dir), daemon=True).start()
@@ -170,8 +165,11 @@ def main(args_file: str) -> None:
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the owner
         worker.send("error", rank=args.rank, error=f"{type(exc).__name__}: {exc}",
                     traceback=traceback.format_exc())
-        worker.owner.close(linger=2000)
-        os._exit(1)
-    worker.owner.close(linger=2000)
-    os._exit(0)
+        code = 1
+    else:
+        code = 0
+    # Linger is honoured when the context terminates, not when a socket closes: without
+    # this, an error sent before the connection is up dies with the process.
+    worker.zmq.destroy(linger=2000)
+    os._exit(code)
 

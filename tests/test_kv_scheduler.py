@@ -31,7 +31,7 @@ def test_prefix_blocks_are_shared_verified_and_survive_release() -> None:
     bm.release(a)
     b = _seq("b", list(range(8)) + [99, 98, 97])
     cached = bm.match_prefix(b)
-    assert cached == a.block_table or len(cached) == 2
+    assert len(cached) == 2
     bm.admit(b, cached)
     assert b.num_computed_tokens == 8 and bm.prefix_hits == 8
     c = _seq("c", [0, 1, 2, 3, 7, 7, 7, 7, 1])  # same first block only

@@ -22,14 +22,6 @@ def _param(shape: tuple[int, ...], dtype: torch.dtype, loader: Any) -> nn.Parame
     return p
 
 
-def _read_rows(source: Any, start: int, end: int) -> torch.Tensor:
-    return source[start:end]
-
-
-def _read_cols(source: Any, start: int, end: int) -> torch.Tensor:
-    return source[:, start:end]
-
-
 class ColumnParallelLinear(nn.Module):
     """y = x W^T with W split by output rows; each rank returns its slice of y.
 
@@ -53,7 +45,7 @@ class ColumnParallelLinear(nn.Module):
     def _load(self, param: nn.Parameter, source: Any, shard: int) -> None:
         start, end = split_range(self.parts[shard], self.group.rank, self.group.size)
         offset = sum(self.local_parts[:shard])
-        param.data[offset:offset + end - start].copy_(_read_rows(source, start, end))
+        param.data[offset:offset + end - start].copy_(source[start:end])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
@@ -71,7 +63,7 @@ class RowParallelLinear(nn.Module):
 
     def _load(self, param: nn.Parameter, source: Any, shard: int) -> None:
         start, end = split_range(self.in_features, self.group.rank, self.group.size)
-        param.data.copy_(_read_cols(source, start, end))
+        param.data.copy_(source[:, start:end])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.group.all_reduce(F.linear(x, self.weight))
