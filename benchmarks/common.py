@@ -1,13 +1,17 @@
-"""Shared pieces of the benchmarks: workloads, the machine's matmul peak, JSON output."""
+"""Shared pieces of the benchmarks: workloads, the machine's matmul peak, and `benchmark`,
+the command line every benchmark script has (--json, --quick, its result file)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -49,18 +53,46 @@ def matmul_peak_flops(threads: int, size: int = 1024, seconds: float = 1.0) -> f
     return best
 
 
-def emit(name: str, result: dict, as_json: bool, quick: bool = False) -> None:
-    """Print the result (one JSON object with --json) and keep a copy under results/
-    (quick smoke runs go to NAME.quick.json, so they never replace a real measurement)."""
+def result_file(name: str, quick: bool, suffix: str = ".json") -> Path:
+    """results/NAME.json, or results/NAME.quick.json for a smoke run, so that one never
+    replaces a real measurement; `suffix` names a benchmark's other outputs the same way."""
     RESULTS.mkdir(exist_ok=True)
-    file = RESULTS / f"{name}{'.quick' if quick else ''}.json"
-    file.write_text(json.dumps(result, indent=2) + "\n")
-    if as_json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>28}: {_fmt(value)}")
-    sys.stdout.flush()
+    return RESULTS / f"{name}{'.quick' if quick else ''}{suffix}"
+
+
+def benchmark(name: str, doc: str | None, *, add_args: Callable[[argparse.ArgumentParser], object] | None = None,
+              quick_help: str = "a small smoke run", show: Callable[[dict[str, Any]], None] | None = None,
+              save: bool = True) -> Callable[[Callable[[argparse.Namespace], dict[str, Any]]], Callable[..., None]]:
+    """Turn `measure(args) -> result` into the benchmark's `main(argv=None)`.
+
+    `main` parses --json, --quick (`quick_help`) and whatever `add_args` adds, runs
+    `measure`, keeps the result in `result_file(name, args.quick)` unless `save` is off,
+    and prints it: one JSON object with --json (run_all.py and the tests read the last
+    line), else `show(result)`, by default a `key: value` line per figure.
+    """
+    def wrap(measure: Callable[[argparse.Namespace], dict[str, Any]]) -> Callable[..., None]:
+        def main(argv: list[str] | None = None) -> None:
+            ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+            ap.add_argument("--json", action="store_true", help="print one JSON object")
+            ap.add_argument("--quick", action="store_true", help=quick_help)
+            if add_args is not None:
+                add_args(ap)
+            args = ap.parse_args(argv)
+            result = measure(args)
+            if save:
+                result_file(name, args.quick).write_text(json.dumps(result, indent=2) + "\n")
+            if args.json:
+                print(json.dumps(result))
+            else:
+                (show or _show)(result)
+            sys.stdout.flush()
+        return main
+    return wrap
+
+
+def _show(result: dict[str, Any]) -> None:
+    for key, value in result.items():
+        print(f"{key:>28}: {_fmt(value)}")
 
 
 def _fmt(value: object) -> str:

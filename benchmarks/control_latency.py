@@ -22,8 +22,7 @@ import time
 from typing import Any
 
 import numpy as np
-
-from common import chat_workload, emit
+from common import benchmark, chat_workload
 from mgpud.daemon.testing import DaemonProcess
 from mgpud.ipc import AsyncClient, Client
 
@@ -101,17 +100,13 @@ def measure(daemon: DaemonProcess, count: int, streams: int, max_tokens: int) ->
             "streams": streams, "loaded_tokens_per_s": rate}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--quick", action="store_true", help="a small smoke run")
-    args = ap.parse_args()
+@benchmark("control_latency", __doc__)
+def main(args: argparse.Namespace) -> dict[str, Any]:
     count, streams, max_tokens = (200, 4, 32) if args.quick else (2000, 16, 256)
     with DaemonProcess("--log-level", "warning", devices=DEVICES) as daemon:
         daemon.call("load", model="demo", name=MODEL, tp=1, dp=1, max_model_len=1024, kv_cache_memory=256 << 20)
         result = measure(daemon, count, streams, max_tokens)
-    emit("control_latency", {**result, "devices": DEVICES, "model": "demo (SmolLM2-135M), tp=1 dp=1 on cpu:0"},
-         args.json, quick=args.quick)
+    return {**result, "devices": DEVICES, "model": "demo (SmolLM2-135M), tp=1 dp=1 on cpu:0"}
 
 
 if __name__ == "__main__":

@@ -8,12 +8,11 @@ Needs a CUDA device; without one it says so and exits 0.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 from collections.abc import Callable, Iterator
 
 import torch
+from common import benchmark
 
 SKIPPED = "no CUDA device"
 
@@ -48,14 +47,8 @@ def _cases(
     quick: bool, dtype: torch.dtype, device: str = "cuda"
 ) -> Iterator[tuple[str, dict, Callable, Callable, int]]:
     """Yield (kernel, shape, torch fn, triton fn, bytes the kernel must move at least)."""
-    from mgpud.engine.kernels import (
-        reference,
-        triton_activation,
-        triton_attention,
-        triton_cache,
-        triton_norm,
-        triton_rotary,
-    )
+    from mgpud.engine.core.kernels import (reference, triton_activation, triton_attention, triton_cache,
+                                         triton_norm, triton_rotary)
 
     size = torch.tensor([], dtype=dtype).element_size()
     batches = [1, 64] if quick else [1, 16, 64, 256]
@@ -167,6 +160,9 @@ def run(quick: bool, dtype: torch.dtype) -> dict:
 
 
 def _print_table(report: dict) -> None:
+    if "skipped" in report:
+        print(f"{report['skipped']}: kernel benchmarks skipped")
+        return
     print(f"{report['device']}  dtype={report['dtype']}  (times in microseconds)")
     header = f"{'kernel':<24}{'shape':<52}{'torch':>10}{'triton':>10}{'speedup':>9}{'GB/s':>9}"
     print(header)
@@ -179,23 +175,15 @@ def _print_table(report: dict) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--quick", action="store_true", help="a small run")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    args = parser.parse_args(argv)
-
+# Printed only: no results/kernels.json.
+@benchmark("kernels", __doc__, quick_help="a small run", show=_print_table, save=False,
+           add_args=lambda ap: ap.add_argument("--dtype", default="bfloat16",
+                                               choices=["bfloat16", "float16", "float32"]))
+def main(args: argparse.Namespace) -> dict:
     if not torch.cuda.is_available():
-        print(json.dumps({"skipped": SKIPPED}) if args.json else f"{SKIPPED}: kernel benchmarks skipped")
-        return 0
-    report = run(args.quick, getattr(torch, args.dtype))
-    if args.json:
-        print(json.dumps(report))
-    else:
-        _print_table(report)
-    return 0
+        return {"skipped": SKIPPED}
+    return run(args.quick, getattr(torch, args.dtype))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import chat_workload, emit
-from mgpud.engine import EngineConfig, LLMEngine, ModelConfig, SamplingParams
-from mgpud.engine.demo import demo_model_dir
-from mgpud.engine.kv import BlockManager
-from mgpud.engine.scheduler import Limits, Scheduler
-from mgpud.engine.sequence import Sequence
+from common import benchmark, chat_workload
+from mgpud.engine import EngineConfig, ModelConfig, ModelGroup, SamplingParams
+from mgpud.engine.core.kv import BlockManager
+from mgpud.engine.core.scheduler import Limits, Scheduler
+from mgpud.engine.core.sequence import Sequence
+from mgpud.engine.store.demo import demo_model_dir
 
 BLOCK_SIZE = 16
 MAX_SEQS = 64
@@ -68,14 +68,14 @@ def engine_peak(model: str, work: list[tuple[int, int]], blocks: int, limits: Li
                        block_size=BLOCK_SIZE, max_num_batched_tokens=limits.max_num_batched_tokens,
                        max_num_seqs=limits.max_num_seqs, threads_per_device=threads, enable_prefix_caching=False)
     rng = random.Random(1)
-    with LLMEngine(cfg) as engine:
-        assert engine.info["num_kv_blocks"] == blocks, engine.info
-        streams = [engine.add_request([rng.randrange(100, 20000) for _ in range(p)],
+    with ModelGroup(cfg) as engine:
+        assert engine.stats().replicas[0].num_kv_blocks == blocks
+        streams = [engine.stream([rng.randrange(100, 20000) for _ in range(p)],
                                       params=SamplingParams(max_tokens=o, ignore_eos=True)) for p, o in work]
         for stream in streams:
             stream.result()
         stats = engine.stats()
-    return {"peak_running": stats["peak_running"], "preemptions": stats["preemptions"]}
+    return {"peak_running": stats.peak_running, "preemptions": stats.preemptions}
 
 
 def admission(model: str, quick: bool, batched: int, threads: int) -> dict[str, Any]:
@@ -106,10 +106,10 @@ def shared_prefix_run(model: str, caching: bool, sizes: tuple[int, int, int], ba
                        max_num_batched_tokens=batched, max_num_seqs=MAX_SEQS, enable_prefix_caching=caching)
     system = {"role": "system", "content": system_prompt(rules)}
     params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
-    with LLMEngine(cfg) as engine:
-        engine.add_request(messages=[system, {"role": "user", "content": "Hello"}], params=params).result()
+    with ModelGroup(cfg) as engine:
+        engine.stream(messages=[system, {"role": "user", "content": "Hello"}], params=params).result()
         start = time.perf_counter()
-        streams = [engine.add_request(messages=[system, *m], params=params)
+        streams = [engine.stream(messages=[system, *m], params=params)
                    for m, _ in chat_workload(requests, 1, 1, seed=3)]
         finals = [s.result() for s in streams]
         elapsed = time.perf_counter() - start
@@ -117,7 +117,7 @@ def shared_prefix_run(model: str, caching: bool, sizes: tuple[int, int, int], ba
     return {"seconds": elapsed, "requests_per_s": requests / elapsed,
             "output_tokens_per_s": sum(f[2].completion_tokens for f in finals) / elapsed,
             "prompt_tokens_mean": sum(f[2].prompt_tokens for f in finals) / requests,
-            "hit_rate": stats["prefix_cache_hits"] / max(1, stats["prefix_cache_queries"]),
+            "hit_rate": stats.prefix_cache_hits / max(1, stats.prefix_cache_queries),
             "outputs": [f[0] for f in finals]}
 
 
@@ -130,21 +130,18 @@ def prefix_caching(model: str, quick: bool, batched: int, threads: int) -> dict[
             "throughput_ratio": on["requests_per_s"] / off["requests_per_s"], "outputs_identical": identical}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--quick", action="store_true", help="a small smoke run")
-    args = ap.parse_args()
+@benchmark("kv_efficiency", __doc__)
+def main(args: argparse.Namespace) -> dict[str, Any]:
     model, threads = str(demo_model_dir()), os.cpu_count() or 1
     # The step budget also sizes each engine's start-up profile: small for a smoke run.
     batched = 256 if args.quick else 512
     packing = admission(model, args.quick, batched, threads)
     prefix = prefix_caching(model, args.quick, batched, threads)
-    emit("kv_efficiency", {
+    return {
         "waste_fraction": packing["waste_fraction"], "prefix_caching_speedup": prefix["throughput_ratio"],
         "target_waste_fraction": TARGET_WASTE, "target_speedup": TARGET_SPEEDUP,
         "admission": packing, "prefix_caching": prefix,
-    }, args.json, quick=args.quick)
+    }
 
 
 if __name__ == "__main__":

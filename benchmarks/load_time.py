@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import benchmark
+from mgpud.engine import EngineConfig, ModelGroup
+from mgpud.engine.core.loader import checkpoint_files
+from mgpud.engine.store.demo import cache_dir, demo_model_dir
 from safetensors.torch import save_file
 
-from common import emit
-from mgpud.engine import EngineConfig, LLMEngine, LoadProgress
-from mgpud.engine.demo import cache_dir, demo_model_dir
-from mgpud.engine.loader import checkpoint_files
+from mgpud.records import LoadProgress
 
 TARGET_RATIO = 1.5
 # (hidden, intermediate, layers, heads, kv heads): ~2.07 GB and ~0.1 GB in fp32.
@@ -177,7 +178,7 @@ def timed_load(model: Path, tp: int) -> dict[str, float]:
                        max_num_batched_tokens=64, max_num_seqs=4,
                        threads_per_device=max(1, (os.cpu_count() or 1) // tp))
     start = time.perf_counter()
-    engine = LLMEngine(cfg, progress=progress)
+    engine = ModelGroup(cfg, progress=progress)
     ready = time.perf_counter()
     engine.shutdown()
     # With an explicit KV budget the engine skips profiling: its weights end at "ready".
@@ -207,11 +208,8 @@ def measure(model: Path, tp: int, cold: bool) -> dict[str, Any]:
             "checkpoint_bytes": sum(f.stat().st_size for f in files)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--quick", action="store_true", help="a small smoke run (a ~100 MB synthetic checkpoint)")
-    args = ap.parse_args()
+@benchmark("load_time", __doc__, quick_help="a small smoke run (a ~100 MB synthetic checkpoint)")
+def main(args: argparse.Namespace) -> dict[str, Any]:
     synthetic = synthetic_checkpoint("quick" if args.quick else "full")
     configs = [("synthetic", synthetic, 1), ("synthetic", synthetic, 2)]
     if not args.quick:
@@ -222,7 +220,7 @@ def main() -> None:
     headline = result["synthetic_tp1"]["warm"]
     result.update(load_s=headline["load_s"], raw_read_s=headline["raw_read_s"], ratio=headline["ratio"],
                   target_ratio=TARGET_RATIO)
-    emit("load_time", result, args.json, quick=args.quick)
+    return result
 
 
 if __name__ == "__main__":

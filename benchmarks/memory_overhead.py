@@ -21,10 +21,9 @@ import sys
 from typing import Any
 
 import psutil
-
-from common import chat_workload, emit
-from mgpud.engine import EngineConfig, LLMEngine, SamplingParams
-from mgpud.engine.demo import demo_model_dir
+from common import benchmark, chat_workload
+from mgpud.engine import EngineConfig, ModelGroup, SamplingParams
+from mgpud.engine.store.demo import demo_model_dir
 
 MIB = 1 << 20
 _BARE_TORCH = "import torch; torch.ones(1).sum(); print(open('/proc/self/status').read())"
@@ -62,26 +61,23 @@ def full_load_run(tp: int, quick: bool) -> list[dict[str, float]]:
     cfg = EngineConfig(model=str(demo_model_dir()), tp=tp, max_model_len=512, threads_per_device=threads,
                        kv_cache_memory=128 * MIB, max_num_batched_tokens=256 if quick else 2048)
     work = chat_workload(6, 8, 16) if quick else chat_workload(32, 16, 48, seed=2)
-    with LLMEngine(cfg) as engine:
-        streams = [engine.add_request(messages=m, params=SamplingParams(max_tokens=n)) for m, n in work]
+    with ModelGroup(cfg) as engine:
+        streams = [engine.stream(messages=m, params=SamplingParams(max_tokens=n)) for m, n in work]
         for stream in streams:
             stream.result()
-        info = engine.info
-        return [rank_figures(pid, weights, info["kv_bytes_per_rank"], act)
-                for pid, weights, act in zip(info["pids"], info["weight_bytes_per_rank"],
-                                             info["peak_activation_bytes_per_rank"])]
+        info = engine.stats().replicas[0]
+        return [rank_figures(pid, weights, info.kv_bytes_per_rank, act)
+                for pid, weights, act in zip(info.pids, info.weight_bytes_per_rank,
+                                             info.peak_activation_bytes_per_rank)]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--quick", action="store_true", help="a small smoke run")
-    args = ap.parse_args()
+@benchmark("memory_overhead", __doc__)
+def main(args: argparse.Namespace) -> dict[str, Any]:
     # The demo model's 9 heads and 3 KV heads admit TP 1 or 3.
     result: dict[str, Any] = {f"tp{tp}": full_load_run(tp, args.quick) for tp in ((1,) if args.quick else (1, 3))}
     result["overhead_mib_tp1"] = result["tp1"][0]["overhead_mib"]
     result["bare_torch"] = bare_torch()
-    emit("memory_overhead", result, args.json, quick=args.quick)
+    return result
 
 
 if __name__ == "__main__":

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
-from common import chat_workload, emit
+from common import benchmark, chat_workload
 from mgpud.engine import EngineConfig, SamplingParams
-from mgpud.engine.demo import demo_model_dir
-from mgpud.engine.group import ModelGroup
-from mgpud.engine.pool import DevicePool
+from mgpud.engine.serving.group import ModelGroup
+from mgpud.engine.serving.pool import DevicePool
+from mgpud.engine.store.demo import demo_model_dir
 
 SHAPES = [("tp1_dp1", 1, 1, 1), ("tp1_dp2", 1, 2, 1), ("tp3_dp1", 3, 1, 1), ("tp1_dp1_2threads", 1, 1, 2)]
 
@@ -26,23 +27,19 @@ def run(model: str, tp: int, dp: int, threads: int, work) -> dict[str, float]:
     with ModelGroup(cfg, dp, DevicePool([f"cpu:{i}" for i in range(max(2, tp * dp))])) as group:
         group.generate([[1, 2, 3]], SamplingParams(max_tokens=2))  # warm-up
         start = time.perf_counter()
-        streams = [group.add_request(messages=m, params=SamplingParams(max_tokens=n)) for m, n in work]
+        streams = [group.stream(messages=m, params=SamplingParams(max_tokens=n)) for m, n in work]
         tokens = sum(s.result()[2].completion_tokens for s in streams)
         elapsed = time.perf_counter() - start
         figures = group.stats()
-    return {"tokens_per_s": tokens / elapsed, "ttft_p95_ms": figures["ttft_p95_ms"],
-            "tpot_p50_ms": figures["tpot_p50_ms"], "seconds": elapsed, "generated_tokens": tokens}
+    return {"tokens_per_s": tokens / elapsed, "ttft_p95_ms": figures.ttft_p95_ms,
+            "tpot_p50_ms": figures.tpot_p50_ms, "seconds": elapsed, "generated_tokens": tokens}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--quick", action="store_true", help="a small smoke run")
-    args = ap.parse_args()
+@benchmark("scaling", __doc__)
+def main(args: argparse.Namespace) -> dict[str, Any]:
     model = str(demo_model_dir())
     work = chat_workload(2, 2, 4) if args.quick else chat_workload(32, 32, 96, seed=1)
-    result = {name: run(model, tp, dp, threads, work) for name, tp, dp, threads in SHAPES}
-    emit("scaling", result, args.json, quick=args.quick)
+    return {name: run(model, tp, dp, threads, work) for name, tp, dp, threads in SHAPES}
 
 
 if __name__ == "__main__":

@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from common import RESULTS, chat_workload, emit
+from common import RESULTS, benchmark, chat_workload, result_file
 from mgpud.daemon.testing import DaemonProcess
 from mgpud.ipc import AsyncClient, MgpudError
 
@@ -158,11 +157,8 @@ def serve_shape(daemon: DaemonProcess, dp: int, rates: list[float], per_rate: tu
             "max_output_tokens_per_s": max(p["output_tokens_per_s"] for p in points)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--quick", action="store_true", help="a small smoke run")
-    args = ap.parse_args()
+@benchmark("serving", __doc__)
+def main(args: argparse.Namespace) -> dict[str, Any]:
     # The quick run's small step budget keeps each replica's start-up profile short.
     if args.quick:
         rates, per_rate, max_tokens, batched = [1.0, 4.0], (3, 3, 3), 6, 256
@@ -171,13 +167,12 @@ def main() -> None:
     cores = os.cpu_count() or 1
     with DaemonProcess("--log-level", "warning", devices=f"cpu:{max(2, cores)}") as daemon:
         curves = {f"dp{dp}": serve_shape(daemon, dp, rates, per_rate, max_tokens, batched) for dp in (1, 2)}
-    RESULTS.mkdir(exist_ok=True)
-    png = RESULTS / ("serving.quick.png" if args.quick else "serving.png")
+    png = result_file("serving", args.quick, ".png")
     plotted = plot(curves, png)
     if not plotted:
         print("no plot: matplotlib is missing (pip install 'mgpud[bench]')", file=sys.stderr)
-    emit("serving", {**curves, "plot": str(png.relative_to(RESULTS.parent)) if plotted else None,
-                     "devices": f"cpu:{max(2, cores)}"}, args.json, quick=args.quick)
+    return {**curves, "plot": str(png.relative_to(RESULTS.parent)) if plotted else None,
+            "devices": f"cpu:{max(2, cores)}"}
 
 
 if __name__ == "__main__":

@@ -21,9 +21,11 @@ import threading
 import time
 from typing import Any
 
-from common import emit
-from mgpud.engine import EngineConfig, LLMEngine, RequestOutput, SamplingParams
-from mgpud.engine.demo import demo_model_dir
+from common import benchmark
+from mgpud.engine import EngineConfig, ModelGroup, RequestOutput, SamplingParams
+from mgpud.engine.store.demo import demo_model_dir
+
+from mgpud.records import ModelFigures
 
 BATCHES = (1, 16, 64)
 TARGET_FRACTION = 0.10
@@ -32,10 +34,10 @@ TARGET_FRACTION = 0.10
 class Window:
     """Follows one request: (time, engine stats) when it reaches two token counts."""
 
-    def __init__(self, engine: LLMEngine, open_at: int, close_at: int):
+    def __init__(self, engine: ModelGroup, open_at: int, close_at: int):
         self.engine = engine
         self.marks = {open_at: "open", close_at: "close"}
-        self.seen: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.seen: dict[str, tuple[float, ModelFigures]] = {}
         self.finished = threading.Event()
 
     def on_output(self, out: RequestOutput) -> None:
@@ -47,52 +49,49 @@ class Window:
             self.finished.set()
 
 
-def decode_window(engine: LLMEngine, batch: int, prompt_tokens: int, max_tokens: int,
+def decode_window(engine: ModelGroup, batch: int, prompt_tokens: int, max_tokens: int,
                   seed: int) -> dict[str, float]:
     rng = random.Random(seed)
     params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
     window = Window(engine, open_at=3, close_at=max_tokens - 1)
     prompts = [[rng.randrange(100, 20000) for _ in range(prompt_tokens)] for _ in range(batch)]
     engine.add_request(prompts[0], params=params, on_output=window.on_output)
-    streams = [engine.add_request(p, params=params) for p in prompts[1:]]
+    streams = [engine.stream(p, params=params) for p in prompts[1:]]
     window.finished.wait()
     for stream in streams:
         stream.result()
     (t0, a), (t1, b) = window.seen["open"], window.seen["close"]
-    if a["running"] != batch or b["running"] != batch or a["waiting"] or b["waiting"]:
+    if a.running != batch or b.running != batch or a.waiting or b.waiting:
         raise RuntimeError(f"batch {batch} was not all running in the window: {a} / {b}")
     return _figures(a, b, t1 - t0)
 
 
-def _figures(a: dict[str, Any], b: dict[str, Any], wall: float) -> dict[str, float]:
-    steps = b["steps_total"] - a["steps_total"]
-    step = b["step_seconds_total"] - a["step_seconds_total"]
-    forward = b["forward_seconds_total"] - a["forward_seconds_total"]
+def _figures(a: ModelFigures, b: ModelFigures, wall: float) -> dict[str, float]:
+    steps = b.steps_total - a.steps_total
+    step = b.step_seconds_total - a.step_seconds_total
+    forward = b.forward_seconds_total - a.forward_seconds_total
     return {"steps": steps, "step_ms": 1000 * step / steps, "forward_ms": 1000 * forward / steps,
             "overhead_ms": 1000 * (step - forward) / steps, "overhead_fraction": (step - forward) / step,
             "wall_step_ms": 1000 * wall / steps, "wall_overhead_fraction": 1 - forward / wall}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--quick", action="store_true", help="a small smoke run")
-    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (the demo model: 1 or 3)")
-    args = ap.parse_args()
+@benchmark("step_overhead", __doc__, add_args=lambda ap: ap.add_argument(
+    "--tp", type=int, default=1, help="tensor-parallel degree (the demo model: 1 or 3)"))
+def main(args: argparse.Namespace) -> dict[str, Any]:
     threads = max(1, (os.cpu_count() or 1) // args.tp)
     prompt_tokens, max_tokens = (8, 10) if args.quick else (64, 48)
     cfg = EngineConfig(model=str(demo_model_dir()), tp=args.tp, max_model_len=256, threads_per_device=threads,
                        kv_cache_memory=(256 if args.quick else 512) << 20, enable_prefix_caching=False,
                        max_num_batched_tokens=max(BATCHES) * prompt_tokens, max_num_seqs=max(BATCHES))
     result: dict[str, Any] = {}
-    with LLMEngine(cfg) as engine:
+    with ModelGroup(cfg) as engine:
         engine.generate([[1, 2, 3]], SamplingParams(max_tokens=4))  # warm-up
         for batch in BATCHES:
             result[f"batch_{batch}"] = decode_window(engine, batch, prompt_tokens, max_tokens, seed=batch)
     result.update(overhead_fraction_at_64=result["batch_64"]["overhead_fraction"],
                   target_fraction=TARGET_FRACTION, tp=args.tp, threads_per_rank=threads,
                   prompt_tokens=prompt_tokens, max_tokens=max_tokens)
-    emit("step_overhead", result, args.json, quick=args.quick)
+    return result
 
 
 if __name__ == "__main__":

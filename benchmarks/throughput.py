@@ -9,22 +9,22 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import Any
 
 import torch
-
-from common import chat_workload, emit, matmul_peak_flops
-from mgpud.engine import EngineConfig, LLMEngine, ModelConfig, SamplingParams
-from mgpud.engine.demo import demo_model_dir
+from common import benchmark, chat_workload, matmul_peak_flops
+from mgpud.engine import EngineConfig, ModelConfig, ModelGroup, SamplingParams
+from mgpud.engine.store.demo import demo_model_dir
 
 
 def run_mgpud(model: str, work, threads: int, dtype: str = "float32") -> tuple[float, int, int]:
     """(seconds, generated tokens, prompt tokens) for the whole workload submitted at once."""
     cfg = EngineConfig(model=model, max_model_len=1024, threads_per_device=threads, dtype=dtype,
                        kv_cache_memory=1 << 30, max_num_batched_tokens=1024)
-    with LLMEngine(cfg) as eng:
+    with ModelGroup(cfg) as eng:
         eng.generate([[1, 2, 3]], SamplingParams(max_tokens=4))  # warm-up
         start = time.perf_counter()
-        streams = [eng.add_request(messages=m, params=SamplingParams(max_tokens=n)) for m, n in work]
+        streams = [eng.stream(messages=m, params=SamplingParams(max_tokens=n)) for m, n in work]
         finals = [s.result()[2] for s in streams]
         elapsed = time.perf_counter() - start
     return elapsed, sum(f.completion_tokens for f in finals), sum(f.prompt_tokens for f in finals)
@@ -54,11 +54,8 @@ def run_transformers(model: str, work, threads: int, batch: int) -> tuple[float,
     return time.perf_counter() - start, useful
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--quick", action="store_true", help="a small smoke run")
-    args = ap.parse_args()
+@benchmark("throughput", __doc__)
+def main(args: argparse.Namespace) -> dict[str, Any]:
     threads = os.cpu_count() or 1
     model = str(demo_model_dir())
     work = chat_workload(4, 4, 8) if args.quick else chat_workload(64, 16, 256)
@@ -72,14 +69,14 @@ def main() -> None:
     embed = cfg.vocab_size * cfg.hidden_size
     # Every processed token runs the decoder layers; only sampled ones run the LM head.
     flops = 2 * (cfg.param_count() - embed) * (m_prompt + m_gen) + 2 * embed * m_gen
-    emit("throughput", {
+    return {
         "mgpud_tok_s": m_gen / m_s, "transformers_tok_s": t_gen / t_s,
         "ratio": (m_gen / m_s) / (t_gen / t_s), "roofline_fraction": flops / m_s / peak,
         "matmul_peak_gflops": peak / 1e9, "mgpud_gflops": flops / m_s / 1e9,
         "requests": len(work), "mgpud_generated_tokens": m_gen, "transformers_generated_tokens": t_gen,
         "mgpud_seconds": m_s, "transformers_seconds": t_s, "threads": threads,
         "mgpud_bf16_tok_s": b_gen / b_s,
-    }, args.json, quick=args.quick)
+    }
 
 
 if __name__ == "__main__":

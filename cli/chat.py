@@ -10,14 +10,15 @@ import click
 from mgpud.ipc import Client, RemoteError
 
 from .context import Settings, complete_model_names, global_options, pass_settings
-from .errors import CliError, note, say
+from .exits import CliError, note, say
 from .generate import echo_now, sampling_args, sampling_options, stream_generation, summary
+from .params import schema_argument
 
 HELP = "/reset forgets the conversation, /exit (or Ctrl-D) leaves; Ctrl-C stops a reply."
 
 
 @click.command()
-@click.argument("name", shell_complete=complete_model_names)
+@schema_argument("generate", "model", "name", shell_complete=complete_model_names)
 @click.option("--system", metavar="TEXT", help="A system message that opens the conversation.")
 @click.option("--stats", is_flag=True, help="Print tokens, TTFT and tokens/s after each reply.")
 @sampling_options

@@ -6,8 +6,10 @@ from typing import Any
 
 import click
 
+from mgpud.units import fmt_bytes
+
 from .context import Settings, global_options, pass_settings
-from .output import bar, emit_json, fmt_bytes, fmt_optional, table, unicode_ok
+from .output import bar, emit_json, fmt_optional, table, unicode_ok
 
 HEADERS = ("DEVICE", "NAME", "MEMORY", "USED", "WEIGHTS", "KV (IN USE)", "ACT+OTHER", "FREE",
            "UTIL", "TEMP", "POWER", "MODEL")

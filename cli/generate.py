@@ -4,41 +4,42 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from mgpud.ipc import Client
+from mgpud.ipc.schema import SAMPLING_KEYS
 
 from .context import Settings, complete_model_names, global_options, pass_settings
-from .errors import INTERRUPTED, note
+from .exits import INTERRUPTED, note
 from .output import emit_json, fmt_ms, fmt_rate
+from .params import F, schema_argument, schema_option
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-SAMPLING_OPTIONS = (
-    click.option("--max-tokens", type=click.IntRange(min=1), help="Most tokens to generate (default 256)."),
-    click.option("--temperature", type=click.FloatRange(0, 100), help="0 = greedy (the default)."),
-    click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling mass."),
-    click.option("--top-k", type=click.IntRange(min=0), help="Sample among the k likeliest; 0 = no limit."),
-    click.option("--seed", type=click.IntRange(min=0), help="Seed for reproducible sampling."),
-    click.option("--stop", multiple=True, metavar="TEXT", help="Stop at this text (not printed); repeatable."),
-    click.option("--ignore-eos", is_flag=True, default=None, help="Keep going past the end-of-sequence token."),
-)
-SAMPLING_KEYS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "ignore_eos")
+# The command line's words for the sampling options: defaults the user cannot see in the schema.
+_SAMPLING_HELP = {
+    "max_tokens": "Most tokens to generate (default 256).",
+    "temperature": "0 = greedy (the default).",
+    "top_p": "Nucleus sampling mass.",
+    "top_k": "Sample among the k likeliest; 0 = no limit.",
+    "seed": "Seed for reproducible sampling.",
+    "stop": "Stop at this text (not printed); repeatable.",
+    "ignore_eos": "Keep going past the end-of-sequence token.",
+}
 
 
 def sampling_options(fn: F) -> F:
-    for option in reversed(SAMPLING_OPTIONS):
-        fn = option(fn)
+    """An option per sampling argument of `generate` (SAMPLING_KEYS), each left unset by default."""
+    for key in reversed(SAMPLING_KEYS):
+        fn = schema_option("generate", key, help=_SAMPLING_HELP.get(key))(fn)
     return fn
 
 
 def sampling_args(options: dict[str, Any]) -> dict[str, Any]:
     """The generate arguments among a command's options; unset ones left to the daemon."""
     args = {k: options[k] for k in SAMPLING_KEYS}
-    args["stop"] = list(args["stop"]) or None
-    return args
+    # A repeatable option (--stop) gives a tuple, empty when not given; the protocol wants a list or nothing.
+    return {k: (list(v) or None) if isinstance(v, tuple) else v for k, v in args.items()}
 
 
 def stream_generation(client: Client, args: dict[str, Any],
@@ -80,7 +81,7 @@ def echo_now(text: str) -> None:
 
 
 @click.command()
-@click.argument("name", shell_complete=complete_model_names)
+@schema_argument("generate", "model", "name", shell_complete=complete_model_names)
 @click.argument("prompt")
 @sampling_options
 @click.option("--no-stream", is_flag=True, help="Print the text once it is complete.")

@@ -13,18 +13,9 @@ from typing import Any, TextIO
 
 import click
 
-_BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
-
 
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
-
-
-def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    exp = min(len(_BYTE_UNITS) - 1, max(0, int(abs(n)).bit_length() - 1) // 10)
-    return f"{n:.0f} B" if exp == 0 else f"{n / 1024 ** exp:.1f} {_BYTE_UNITS[exp]}"
 
 
 def fmt_ms(ms: float | None) -> str:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from .context import Settings, global_options, pass_settings
-from .errors import FAILED, USAGE, CliError
-from .output import emit_json
-from .params import SIZE
+from mgpud.units import fmt_bytes
 
-DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8", "float32", "bfloat16", "float16")
+from .context import Settings, global_options, pass_settings
+from .exits import FAILED, USAGE, CliError
+from .output import emit_json
+from .params import SIZE, schema_option
+
+if TYPE_CHECKING:
+    from mgpud.engine.planning.planner import Plan, Shape
 
 
 @click.command()
@@ -17,18 +22,18 @@ DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8", "float32", "bfloat16", "float16
 @click.option("--devices", metavar="SPEC",
               help="8xH100-80GB, 4xA100-40GB, cpu:4, or GPU ordinals 0,1 (default: the devices found here).")
 @click.option("--device-memory", type=SIZE, help="Memory of each CPU device, e.g. 4GiB.")
-@click.option("--dtype", type=click.Choice(DTYPES), help="Weights dtype (default bf16 on GPUs, fp32 on CPU).")
-@click.option("--max-model-len", type=click.IntRange(min=1), help="Tokens per sequence (default: the model's).")
-@click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Sequences of max-model-len each replica must hold at once.")
-@click.option("--gpu-memory-utilization", type=click.FloatRange(0, 1, min_open=True), default=0.9,
-              show_default=True, metavar="FRACTION", help="Share of each device's memory the model may use.")
-@click.option("--tp", type=click.IntRange(0, 1024), default=0, show_default=True, help="0 = automatic.")
-@click.option("--dp", type=click.IntRange(0, 1024), default=0, show_default=True, help="0 = automatic.")
+@schema_option("plan", "dtype", help="Weights dtype (default bf16 on GPUs, fp32 on CPU).")
+@schema_option("plan", "max_model_len", help="Tokens per sequence (default: the model's).")
+@schema_option("plan", "concurrency", default=16, show_default=True,
+               help="Sequences of max-model-len each replica must hold at once.")
+@schema_option("plan", "memory_utilization", "--gpu-memory-utilization", default=0.9, show_default=True,
+               metavar="FRACTION", help="Share of each device's memory the model may use.")
+@schema_option("plan", "tp", default=0, show_default=True, help="0 = automatic.")
+@schema_option("plan", "dp", default=0, show_default=True, help="0 = automatic.")
 @global_options("json")
 @pass_settings
 def plan(settings: Settings, model: str, devices: str | None, device_memory: int | None, dtype: str | None,
-         max_model_len: int | None, concurrency: int, gpu_memory_utilization: float, tp: int, dp: int) -> None:
+         max_model_len: int | None, concurrency: int, memory_utilization: float, tp: int, dp: int) -> None:
     """The planner's table for MODEL (a model directory, a config.json, a preset such as
     Llama-3.1-70B, or `demo`): every shape, whether it fits and why, memory and
     all-reduce traffic per device, a decode estimate, the chosen shape and the reasons.
@@ -40,13 +45,13 @@ def plan(settings: Settings, model: str, devices: str | None, device_memory: int
       mgpud plan demo --devices cpu:4
       mgpud plan /models/Qwen2.5-72B --dtype fp8 --json | jq .chosen
     """
-    from mgpud.engine.devices import DeviceSpecError
-    from mgpud.engine.errors import EngineError
-    from mgpud.engine.planner import format_table, plan as make_plan
+    from mgpud.engine.hosts.inventory import DeviceSpecError
+    from mgpud.engine.exceptions import EngineError
+    from mgpud.engine.planning.planner import plan as make_plan
 
     try:
         result = make_plan(model, devices, dtype=dtype, max_model_len=max_model_len, concurrency=concurrency,
-                           memory_utilization=gpu_memory_utilization, tp=tp, dp=dp, device_memory=device_memory)
+                           memory_utilization=memory_utilization, tp=tp, dp=dp, device_memory=device_memory)
     except DeviceSpecError as exc:
         raise CliError(f"--devices: {exc}", USAGE) from None
     except EngineError as exc:
@@ -57,6 +62,45 @@ def plan(settings: Settings, model: str, devices: str | None, device_memory: int
         click.echo(format_table(result))
     if not result.ok:
         click.get_current_context().exit(FAILED)
+
+
+_COLUMNS = ("", "tp", "dp", "fits", "weights/dev", "KV/token/dev", "KV tokens/replica", "seqs",
+            "all-reduce/token", "all-reduce/step", "tok/s (est.)", "bound", "why")
+_RIGHT = {1, 2, 4, 5, 6, 7, 8, 9, 10}  # numeric columns
+
+
+def format_table(plan: Plan) -> str:
+    """The plan as `mgpud plan` prints it: header, aligned table (chosen shape marked *), reasons."""
+    rows = [_COLUMNS] + [_row(plan, s) for s in plan.shapes]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
+    table = ["  ".join(cell.rjust(w) if i in _RIGHT else cell.ljust(w)
+                       for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
+    return "\n".join(_header(plan) + [""] + table + _trailer(plan))
+
+
+def _row(plan: Plan, s: Shape) -> tuple[str, ...]:
+    rate = f"{s.tokens_per_s:,.0f}" if s.fits and s.tokens_per_s is not None else "-"
+    return ("*" if (s.tp, s.dp) == plan.chosen else "", str(s.tp), str(s.dp), "yes" if s.fits else "no",
+            fmt_bytes(s.weights_per_device), fmt_bytes(s.kv_bytes_per_token), f"{s.kv_tokens:,}",
+            str(s.sequences), fmt_bytes(s.allreduce_bytes_per_token), fmt_bytes(s.allreduce_bytes_per_step),
+            rate, s.bound or "-", s.why)
+
+
+def _header(plan: Plan) -> list[str]:
+    return [f"{plan.model} ({plan.architecture}, {plan.params / 1e9:.2f} B parameters) on "
+            f"{plan.devices} ({fmt_bytes(plan.device_memory)} each)",
+            f"weights {plan.dtype}, KV {plan.kv_dtype}, max_model_len {plan.max_model_len}, "
+            f"concurrency {plan.concurrency} per replica, memory utilization {plan.memory_utilization:.2f}, "
+            f"block size {plan.block_size}",
+            f"budget per device for weights + KV: {fmt_bytes(plan.budget)}"]
+
+
+def _trailer(plan: Plan) -> list[str]:
+    chosen = f"tp={plan.chosen[0]}, dp={plan.chosen[1]} (marked *)" if plan.chosen else "none"
+    lines = ["", f"Chosen: {chosen}", "Reasons:"] + [f"  - {r}" for r in plan.reasons]
+    if plan.impossible:
+        lines += ["Impossible:"] + [f"  - tp={tp}: {why}" for tp, why in plan.impossible.items()]
+    return lines + ["Notes:"] + [f"  - {n}" for n in plan.notes]
 
 
 COMMANDS = (plan,)

@@ -7,10 +7,11 @@ from typing import Any
 
 import click
 
+from mgpud.units import fmt_bytes
 from mgpud.ipc import Stream
 
-from .errors import INTERRUPTED, note
-from .output import bar, fmt_bytes, unicode_ok
+from .exits import INTERRUPTED, note
+from .output import bar, unicode_ok
 
 
 class ProgressView:

@@ -6,8 +6,10 @@ from typing import Any
 
 import click
 
+from mgpud.units import fmt_bytes
+
 from .context import Settings, global_options, pass_settings
-from .output import emit_json, fmt_bytes, fmt_ms, fmt_rate, state, table
+from .output import emit_json, fmt_ms, fmt_rate, state, table
 
 HEADERS = ("NAME", "REPLICA", "TP x DP", "DEVICES", "STATE", "MEMORY", "KV USE", "RUN/WAIT",
            "TOK/S", "TTFT P95", "PIDS")

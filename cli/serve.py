@@ -7,11 +7,11 @@ from pathlib import Path
 import click
 
 from .context import Settings, global_options, pass_settings
-from .errors import USAGE, CliError
+from .exits import USAGE, CliError
 from .output import emit_json
-from .params import SIZE
+from .params import SIZE, schema_option
 
-# mgpud.daemon.config.LOG_LEVELS, spelled out: importing the daemon would slow every command.
+# mgpud.daemon.settings.LOG_LEVELS, spelled out: importing the daemon would slow every command.
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -54,11 +54,11 @@ def serve(settings: Settings, config: Path | None, state_dir: Path | None, devic
 
 
 @click.command()
-@click.option("--timeout", "grace", type=click.FloatRange(min=0), metavar="SECONDS",
-              help="Seconds running generations get to finish (default: the daemon's shutdown_timeout).")
+@schema_option("shutdown", "timeout", metavar="SECONDS",
+               help="Seconds running generations get to finish (default: the daemon's shutdown_timeout).")
 @global_options("runtime_dir", "json")
 @pass_settings
-def shutdown(settings: Settings, grace: float | None) -> None:
+def shutdown(settings: Settings, timeout: float | None) -> None:
     """Stop the daemon: new work is refused, running generations finish, engines stop.
 
     Here --timeout is the grace period; the client's own timeout goes before the
@@ -69,7 +69,7 @@ def shutdown(settings: Settings, grace: float | None) -> None:
       mgpud shutdown --timeout 30
     """
     with settings.client() as client:
-        result = client.call("shutdown", timeout=grace)
+        result = client.call("shutdown", timeout=timeout)
     if settings.json:
         emit_json(result)
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .context import Settings, global_options, pass_settings
-from .errors import CliError
+from .exits import CliError
 
 
 @click.command()

@@ -17,8 +17,8 @@ from mgpud.ipc import Client, DaemonUnavailable
 from mgpud.ipc.errors import RemoteError
 
 from .context import Settings, global_options, pass_settings
-from .errors import CliError, note
-from .params import SIZE
+from .exits import CliError, note
+from .params import SIZE, schema_option
 from .progress import ProgressView, follow
 
 START_TIMEOUT = 60.0  # seconds for a fresh daemon to answer
@@ -26,7 +26,7 @@ START_TIMEOUT = 60.0  # seconds for a fresh daemon to answer
 
 def _default_devices() -> str:
     """Every GPU where there are some; else one CPU virtual device per core."""
-    from mgpud.engine.devices import discover
+    from mgpud.engine.hosts.inventory import discover
 
     if any(d.kind == "cuda" for d in discover("auto")):
         return "auto"
@@ -61,12 +61,12 @@ def _start_daemon(settings: Settings, devices: str) -> subprocess.Popen:
     return proc
 
 
-def _ensure_model(settings: Settings, model: str, name: str, max_model_len: int, kv_cache_memory: str) -> None:
+def _ensure_model(settings: Settings, model: str, name: str, max_model_len: int, kv_cache_memory: int) -> None:
     with settings.client() as client:
         if any(m["name"] == name for m in client.call("models")["models"]):
             return
         stream = client.stream("load", model=model, name=name, tp=0, dp=0, max_model_len=max_model_len,
-                               kv_cache_memory=SIZE.convert(kv_cache_memory, None, None), wait=True)
+                               kv_cache_memory=kv_cache_memory, wait=True)
         result = follow(stream, ProgressView(f"loading {name}"), f"the daemon keeps loading {name}")
     note(f"{name}: tp={result['tp']} x dp={result['dp']} on {', '.join(result['devices'])}")
 
@@ -85,15 +85,15 @@ def _stop(settings: Settings, proc: subprocess.Popen) -> None:
 
 
 @click.command()
-@click.option("--model", default="demo", show_default=True, help="Model directory, or `demo`.")
-@click.option("--name", default="demo", show_default=True, help="Name to serve it under.")
+@schema_option("load", "model", default="demo", show_default=True, help="Model directory, or `demo`.")
+@schema_option("load", "name", default="demo", show_default=True, help="Name to serve it under.")
 @click.option("--devices", help="Devices for a daemon started here (default: every GPU, else cpu:<cores>).")
-@click.option("--max-model-len", type=click.IntRange(min=16), default=4096, show_default=True)
-@click.option("--kv-cache-memory", default="1GiB", show_default=True, help="KV cache per rank.")
+@schema_option("load", "max_model_len", default=4096, show_default=True)
+@schema_option("load", "kv_cache_memory", type=SIZE, default="1GiB", show_default=True, help="KV cache per rank.")
 @global_options("runtime_dir")
 @pass_settings
 def up(settings: Settings, model: str, name: str, devices: str | None, max_model_len: int,
-       kv_cache_memory: str) -> None:
+       kv_cache_memory: int) -> None:
     """Start everything and watch it: the daemon (unless one already answers), MODEL loaded
     with the shape the planner picks for this machine's devices, and the dashboard. Quitting
     the dashboard (q) stops the daemon again if this command started it.

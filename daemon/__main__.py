@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mgpud.ipc.units import parse_size
+from mgpud.units import parse_size
 
-from .config import LOG_LEVELS, ConfigError, load_config
 from .server import run_daemon
+from .settings import LOG_LEVELS, ConfigError, load_config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,6 @@ from mgpud.ipc.errors import MgpudError
 log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], None]
-SAMPLING_KEYS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "ignore_eos")
 
 
 @dataclass(eq=False)  # hashed by identity: a model holds a set of them
@@ -75,7 +74,7 @@ def timings(out: Any) -> dict[str, float | None]:
 
 
 def generation_error(name: str, exc: Exception) -> MgpudError:
-    from mgpud.engine.errors import EngineDead, EngineError, InvalidRequest
+    from mgpud.engine.exceptions import EngineDead, EngineError, InvalidRequest
 
     if isinstance(exc, MgpudError):
         return exc

@@ -18,6 +18,7 @@ from mgpud.ipc.framing import PROTOCOL_VERSION
 from mgpud.ipc.schema import Request
 
 from mgpud import __version__
+from mgpud.records import to_wire
 
 from .generation import Call
 
@@ -60,8 +61,8 @@ async def status(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
         "config_file": str(d.config.config_path) if d.config.config_path else None,
         "devices": {"total": len(d.models.inventory), "free": len(d.models.pool.free),
                     "kinds": sorted({dev.kind for dev in d.models.inventory})},
-        "models": [{k: m[k] for k in ("name", "state", "tp", "dp", "devices", "error", "progress")}
-                   for m in d.models.describe_all()],
+        "models": [{k: wire[k] for k in ("name", "state", "tp", "dp", "devices", "error", "progress")}
+                   for wire in map(to_wire, d.models.describe_all())],
     }
 
 
@@ -70,7 +71,7 @@ async def devices(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
     """devices {} -> {devices: [device]}: each device's identity, readings (memory, utilization,
     temperature, power where known), the model, replica and rank on it, its memory split into
     weights, KV (allocated and used), activations, other and free (bytes)."""
-    return {"devices": d.telemetry.device_rows(d.models.describe_all())}
+    return {"devices": [to_wire(row) for row in d.telemetry.device_rows(d.models.describe_all())]}
 
 
 @handler
@@ -78,7 +79,7 @@ async def models(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
     """models {} -> {models: [model]}: name, model, state, tp, dp, devices, error, progress,
     reasons, loaded_at, and stats: the engine group's figures (totals, token rates, latency
     percentiles) with one entry per replica (state, devices, pids, memory, load)."""
-    return {"models": d.models.describe_all()}
+    return {"models": [to_wire(m) for m in d.models.describe_all()]}
 
 
 @handler
@@ -95,8 +96,9 @@ async def metrics(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
             "malformed_total": counts["malformed"],
             "dropped_total": counts["dropped"],
         },
-        "models": {m["name"]: {k: m[k] for k in ("state", "tp", "dp", "stats")} for m in models},
-        "devices": d.telemetry.device_rows(models),
+        "models": {m.name: {"state": m.state, "tp": m.tp, "dp": m.dp, "stats": to_wire(m.stats) if m.stats else None}
+                   for m in models},
+        "devices": [to_wire(row) for row in d.telemetry.device_rows(models)],
     }
 
 
@@ -113,7 +115,7 @@ async def load(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
         return await d.models.load(req.args, call.emit)
     model = await d.models.begin_load(req.args)
     d.spawn(_quietly(d.models.finish_load(model)), name="load")
-    return model.describe()
+    return to_wire(model.describe())
 
 
 async def _quietly(work: Awaitable[None]) -> None:

@@ -26,13 +26,14 @@ from mgpud.ipc.framing import RequestId
 from mgpud.ipc.schema import BadRequest, Request, parse_request
 
 from mgpud import __version__
+from mgpud.records import DaemonSummary, to_wire
 
-from .config import ConfigError, DaemonConfig, load_config, state_dir
 from .generation import Call
 from .handlers import HANDLERS
-from .models import ModelManager
+from .manager import ModelManager
 from .notify import Notifier, watchdog_interval
-from .state import StateStore
+from .settings import ConfigError, DaemonConfig, load_config, state_dir
+from .statefile import StateStore
 from .telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class Daemon:
     # -- life cycle -----------------------------------------------------------------------
 
     async def run(self) -> int:
-        from mgpud.engine.devices import DeviceSpecError, discover
+        from mgpud.engine.hosts.inventory import DeviceSpecError, discover
 
         try:
             inventory = discover(self.config.devices, self.config.device_memory)
@@ -317,8 +318,9 @@ class Daemon:
             try:
                 models = self.models.describe_all()
                 await self.telemetry.refresh(models)
-                self.publish("telemetry", {"daemon": self.summary(), "devices": self.telemetry.device_rows(models),
-                                           "models": models})
+                self.publish("telemetry", {"daemon": self.summary(),
+                                           "devices": [to_wire(d) for d in self.telemetry.device_rows(models)],
+                                           "models": [to_wire(m) for m in models]})
             except Exception:
                 log.exception("telemetry failed")
             await asyncio.sleep(self.config.telemetry_interval)
@@ -336,15 +338,10 @@ class Daemon:
     # -- descriptions -----------------------------------------------------------------------
 
     def summary(self) -> dict[str, Any]:
-        return {
-            "version": __version__,
-            "protocol": framing.PROTOCOL_VERSION,
-            "pid": os.getpid(),
-            "state": self.phase,
-            "started_at": self.started_at,
-            "uptime_s": round(time.time() - self.started_at, 3),
-            "generations_running": sum(m.running for m in self.models.models.values()),
-        }
+        return to_wire(DaemonSummary(
+            version=__version__, protocol=framing.PROTOCOL_VERSION, pid=os.getpid(), state=self.phase,
+            started_at=self.started_at, uptime_s=round(time.time() - self.started_at, 3),
+            generations_running=sum(m.running for m in self.models.models.values())))
 
     def status_line(self) -> str:
         models = self.models.models.values()

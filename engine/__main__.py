@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import EngineConfig, LLMEngine, SamplingParams
-from .demo import DEMO_NAME
+from . import EngineConfig, ModelGroup, SamplingParams
+from .store.demo import DEMO_NAME
 
 
 def main() -> None:
@@ -29,11 +29,11 @@ def main() -> None:
             print(f"\n{p.phase}: {p.message}", file=sys.stderr)
 
     cfg = EngineConfig(model=args.model, tp=args.tp, max_model_len=2048, kv_cache_memory=256 << 20)
-    with LLMEngine(cfg, progress=progress) as eng:
+    with ModelGroup(cfg, progress=progress) as group:
         for prompt in args.prompts:
             print(f"\n>>> {prompt}")
             messages = [{"role": "user", "content": prompt}]
-            for out in eng.add_request(messages=messages, params=SamplingParams(max_tokens=args.max_tokens)):
+            for out in group.stream(messages=messages, params=SamplingParams(max_tokens=args.max_tokens)):
                 print(out.new_text, end="", flush=True)
             print()
 

@@ -7,11 +7,11 @@ spellings; `EngineConfig` holds the knobs an operator sets for one replica.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelLoadError
+from .exceptions import ModelLoadError
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 
@@ -106,12 +106,6 @@ class ModelConfig:
                     f"{self.num_kv_heads} KV heads")
         return None
 
-    def check_tp(self, tp: int) -> None:
-        problem = self.tp_problem(tp)
-        if problem:
-            valid = " or ".join(str(t) for t in self.valid_tp_degrees())
-            raise ModelLoadError(f"{problem}; valid TP degrees: {valid}")
-
     def param_count(self) -> int:
         """Parameters of the whole model (embeddings counted once when tied)."""
         h, i, v = self.hidden_size, self.intermediate_size, self.vocab_size
@@ -134,7 +128,6 @@ class EngineConfig:
 
     model: str
     tp: int = 1
-    devices: list[str] | None = None
     dtype: str | None = None
     max_model_len: int | None = None
     max_num_seqs: int = 256
@@ -145,7 +138,6 @@ class EngineConfig:
     kv_cache_memory: int | None = None  # bytes per rank; overrides profiling
     threads_per_device: int = 1
     enable_prefix_caching: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
         problems = []

@@ -1,10 +1,10 @@
 """The control protocol of mgpud: paths, framing, schemas and clients (no torch here)."""
 
 from .client import AsyncClient, AsyncStream, Client, Stream
-from .errors import DaemonUnavailable, MgpudError, ProtocolError, RemoteError
+from .errors import BadRequest, DaemonUnavailable, MgpudError, ProtocolError, RemoteError
 from .framing import PROTOCOL_VERSION
 from .paths import control_path, events_path, runtime_dir
-from .schema import OPS, BadRequest
+from .schema import OPS
 
 __all__ = [
     "OPS",

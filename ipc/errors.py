@@ -40,6 +40,29 @@ class RemoteError(MgpudError):
     """The daemon answered a request with an error reply."""
 
 
+class BadRequest(MgpudError):
+    """A request that does not follow the protocol; `req_id` is set when it could be read.
+
+    The daemon raises it at its door (mgpud.ipc.schema.parse_request) and answers with a
+    `bad_request` error reply; clients raise that reply as RefusedRequest, a subclass."""
+
+    def __init__(self, message: str, req_id: str | int | None = None) -> None:
+        super().__init__(BAD_REQUEST, message)
+        self.req_id = req_id
+
+
+class RefusedRequest(BadRequest, RemoteError):
+    """The daemon's `bad_request` reply: the BadRequest its validation raised, with the same
+    message, and also a RemoteError like every other error reply."""
+
+
+def from_reply(code: str, message: str, req_id: str | int | None = None) -> RemoteError:
+    """The exception a client raises for an error reply."""
+    if code == BAD_REQUEST:
+        return RefusedRequest(message, req_id)
+    return RemoteError(code, message)
+
+
 class ProtocolError(MgpudError):
     """A reply that does not follow the protocol (another program on the socket?)."""
 

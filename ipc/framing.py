@@ -12,7 +12,7 @@ from typing import Any
 
 import msgpack
 
-from .errors import ProtocolError, RemoteError
+from .errors import ProtocolError, from_reply
 
 PROTOCOL_VERSION = 1
 
@@ -79,10 +79,11 @@ def parse_reply(data: bytes) -> dict[str, Any]:
 
 
 def reply_payload(msg: dict[str, Any]) -> dict[str, Any]:
-    """The frame or result of a parsed reply; an error reply raises RemoteError."""
+    """The frame or result of a parsed reply; an error reply raises RemoteError
+    (`bad_request`: RefusedRequest, which is also a BadRequest)."""
     if msg["type"] == ERROR:
         err = msg.get("error") or {}
-        raise RemoteError(str(err.get("code", "internal")), str(err.get("message", "")))
+        raise from_reply(str(err.get("code", "internal")), str(err.get("message", "")), msg.get("id"))
     return msg.get(msg["type"]) or {}
 
 

@@ -1,8 +1,11 @@
 """Operations, their arguments, and validation of incoming requests.
 
-One `Op` per operation: its arguments with types, bounds and defaults. The daemon
-validates every request with `parse_request`; clients call `check_args` before sending
-so that a typo fails at once, with the same message the daemon would give.
+One `Op` per operation: its arguments with types, bounds and defaults. Requests are
+validated once, by the daemon at its door (`parse_request`, which calls `check_args`):
+clients send what they are given, and the daemon's `bad_request` reply comes back to
+them as a BadRequest with the same message. Other layers read the specs without
+validating: the CLI derives its option types and ranges from them (mgpud.cli.params),
+the daemon checks its configuration and state file with `check_args`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import BAD_REQUEST, MgpudError
+from .errors import BadRequest
 from .framing import PROTOCOL_VERSION, RequestId, unpack
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -24,14 +27,6 @@ MAX_PROMPT_CHARS = 2 * 1024 * 1024
 MAX_PROMPT_TOKENS = 1 << 20
 MAX_MESSAGES = 4096
 DTYPES = ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
-
-
-class BadRequest(MgpudError):
-    """A request that does not follow the protocol; `req_id` is set when it could be read."""
-
-    def __init__(self, message: str, req_id: RequestId | None = None) -> None:
-        super().__init__(BAD_REQUEST, message)
-        self.req_id = req_id
 
 
 @dataclass(frozen=True)
@@ -186,6 +181,11 @@ OPS: dict[str, Op] = {
         {"timeout": Arg("float", low=0.0, high=86400.0, help="seconds; default: the configured shutdown_timeout")},
     ),
 }
+
+
+# Key lists other layers use, derived from the ops above so that each is stated once.
+ENGINE_LIMIT_KEYS = tuple(_ENGINE_LIMITS)  # the engine limits a load (and a plan) takes
+SAMPLING_KEYS = tuple(k for k in OPS["generate"].args if k not in ("model", "prompt", "messages", "stream"))
 
 
 def _check_value(op: str, name: str, spec: Arg, value: Any) -> None:

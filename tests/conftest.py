@@ -46,6 +46,6 @@ def tiny_llama(tiny_models: dict[str, Path]) -> Path:
 @pytest.fixture(scope="session")
 def demo_model() -> Path:
     """SmolLM2-135M-Instruct in the user's cache, prepared once (about 30 s the first time)."""
-    from mgpud.engine.demo import demo_model_dir
+    from mgpud.engine.store.demo import demo_model_dir
 
     return demo_model_dir()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 SCRIPTS = sorted(p.stem for p in BENCHMARKS.glob("*.py") if p.stem not in ("common", "run_all"))
@@ -46,7 +47,13 @@ def check_scaling(r: dict[str, Any]) -> None:
 
 
 def check_kernels(r: dict[str, Any]) -> None:
-    assert r  # without CUDA: {"skipped": "no CUDA device"}
+    if not torch.cuda.is_available():  # it times Triton against torch on a GPU only
+        assert r == {"skipped": "no CUDA device"}
+        return
+    assert "skipped" not in r, r  # a GPU is here: a skip would hide a broken benchmark
+    assert r["results"] and {row["kernel"] for row in r["results"]} >= {"rms_norm", "paged_decode_attention"}
+    for row in r["results"]:
+        assert positive(row["torch_us"]) and positive(row["triton_us"]) and positive(row["triton_gb_s"]), row
 
 
 def check_control_latency(r: dict[str, Any]) -> None:

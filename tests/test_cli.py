@@ -15,8 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from click.testing import CliRunner, Result
 from checkpoints import make_tiny_checkpoint
 from mgpud.cli.main import cli
 from mgpud.ipc import Client, DaemonUnavailable
+from waiting import wait_for
 
 KV = "8MiB"  # per rank: plenty for these tiny models, and no GiB-sized allocations
 LONG = 8192  # positions of the test model: room for a generation that outlasts a Ctrl-C
@@ -42,15 +42,11 @@ class Daemon:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
     def wait_answering(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+        def pong() -> dict[str, Any]:
             assert self.proc.poll() is None, f"mgpud serve exited:\n{self.log.read_text()}"
-            try:
-                self.call("ping", timeout=0.5)
-                return
-            except DaemonUnavailable:
-                assert time.monotonic() < deadline, f"no answer in {timeout} s:\n{self.log.read_text()}"
-                time.sleep(0.05)
+            return self.call("ping", timeout=0.5)
+
+        wait_for(pong, "mgpud serve to answer", timeout, ignore=(DaemonUnavailable,), detail=self.log.read_text)
 
     def call(self, op: str, timeout: float = 10.0, **args: Any) -> dict[str, Any]:
         with Client(self.runtime_dir, timeout=timeout) as client:
@@ -66,14 +62,6 @@ class Daemon:
         """`mgpud ARGS` as a real process, for what needs signals."""
         return subprocess.Popen([sys.executable, "-m", "mgpud.cli", "--runtime-dir", str(self.runtime_dir), *args],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +99,7 @@ def extra(daemon: Daemon) -> Iterator[list[str]]:
     names: list[str] = []
     yield names
     for name in names:
-        wait_for(lambda n=name: (daemon.model(n) or {}).get("state") != "loading", 120, f"{name} to load")
+        wait_for(lambda n=name: (daemon.model(n) or {}).get("state") != "loading", f"{name} to load", 120)
         if daemon.model(name):
             daemon.call("unload", name=name, force=True)
 
@@ -126,12 +114,12 @@ def test_ctrl_c_during_load_detaches_and_the_load_goes_on(daemon: Daemon, model_
                                                           extra: list[str]) -> None:
     extra.append("detached")
     proc = daemon.spawn(*load_args(model_dir, "detached", "--tp", "2"))
-    wait_for(lambda: daemon.model("detached"), 30, "the load to begin")
+    wait_for(lambda: daemon.model("detached"), "the load to begin", 30)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "detached: the daemon keeps loading detached" in err
-    wait_for(lambda: (daemon.model("detached") or {}).get("state") == "ready", 120, "the load to finish")
+    wait_for(lambda: (daemon.model("detached") or {}).get("state") == "ready", "the load to finish", 120)
     result = daemon.cli("unload", "detached", "--force", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {"name": "detached", "unloaded": True}
@@ -214,7 +202,7 @@ def test_load_no_wait_returns_at_once(daemon: Daemon, served: dict[str, Any], mo
     assert result.exit_code == 0, result.output
     assert re.match(r"loading bg in the background: tp=1 x dp=1( on cpu:1)?; follow it with `mgpud ps`", result.stdout)
     assert result.stderr == ""
-    wait_for(lambda: (daemon.model("bg") or {}).get("state") == "ready", 120, "bg to load")
+    wait_for(lambda: (daemon.model("bg") or {}).get("state") == "ready", "bg to load", 120)
     assert daemon.cli("unload", "bg", "--force").stdout == "unloaded bg (running generations cancelled)\n"
 
 
@@ -290,14 +278,11 @@ def test_ctrl_c_cancels_the_generation_on_the_daemon(daemon: Daemon, served: dic
     assert proc.returncode == 130, err
     assert re.fullmatch(r"\[cancelled on the daemon after \d+ tokens\]\n", err)
 
-    def settled() -> int | None:  # the count once it stops moving, with nothing running
-        first = daemon.model("tiny")["stats"]
-        time.sleep(0.3)
-        again = daemon.model("tiny")["stats"]
-        done = again["running"] == 0 and first["generation_tokens_total"] == again["generation_tokens_total"]
-        return again["generation_tokens_total"] if done else None
-
-    generated = wait_for(settled, 10, "the generation to stop") - before
+    # Running and the token count come in one report from the replica: once nothing runs,
+    # the count is final.
+    stats = wait_for(lambda: (s := daemon.model("tiny")["stats"])["running"] == 0 and s,
+                     "the generation to stop", 30)
+    generated = stats["generation_tokens_total"] - before
     assert generated < LONG // 2, f"{generated} tokens: the daemon went on generating"
 
 

@@ -8,12 +8,12 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from mgpud.daemon.testing import DaemonProcess
 from mgpud.ipc import Client, DaemonUnavailable
+from waiting import wait_for
 
 
 def test_sigterm_exits_0_and_removes_its_sockets() -> None:
@@ -63,17 +63,20 @@ class NotifySocket:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
 
-    def next(self, timeout: float = 30.0) -> list[str]:
-        self.sock.settimeout(timeout)
-        return self.sock.recv(4096).decode().split("\n")
-
     def until(self, line: str, timeout: float = 30.0) -> list[list[str]]:
-        """Messages received up to and including the first holding `line`."""
-        seen = []
-        deadline = time.monotonic() + timeout
-        while not seen or line not in seen[-1]:
-            seen.append(self.next(max(0.01, deadline - time.monotonic())))
-        return seen
+        """Messages received up to and including the first holding `line` (those after it
+        stay queued for the next call)."""
+        seen: list[list[str]] = []
+
+        def received() -> list[list[str]] | None:
+            while not seen or line not in seen[-1]:
+                try:
+                    seen.append(self.sock.recv(4096, socket.MSG_DONTWAIT).decode().split("\n"))
+                except BlockingIOError:
+                    return None
+            return seen
+
+        return wait_for(received, f"{line} on the notification socket", timeout, detail=lambda: f"received {seen}")
 
 
 def test_systemd_notifications(tmp_path: Path) -> None:
@@ -104,15 +107,11 @@ def test_sighup_reloads_the_config(tmp_path: Path) -> None:
             next(events)  # subscribed: a PUB socket drops what it sends before that
             config.write_text("shutdown_timeout = 3\n[engine]\nmax_num_seqs = 8\n")
             d.signal(signal.SIGHUP)
-            while next(events)["data"].get("kind") != "config_reloaded":
-                pass
+            wait_for(lambda: next(events)["data"].get("kind") == "config_reloaded", "the config_reloaded event", 30)
             events.close()
             config.write_text("shutdown_timeout = -1\n")  # a bad config is refused, the old one kept
             d.signal(signal.SIGHUP)
-            deadline = time.monotonic() + 10
-            while "reload failed" not in d.log():
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            wait_for(lambda: "reload failed" in d.log(), "the refusal of the bad config", 30, detail=d.log)
             assert c.call("shutdown") == {"stopping": True, "timeout": 3.0}
         assert d.wait() == 0
 

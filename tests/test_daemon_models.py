@@ -9,16 +9,16 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 from mgpud.daemon.testing import DaemonProcess
-from mgpud.engine import EngineConfig, LLMEngine, SamplingParams
+from mgpud.engine import EngineConfig, ModelGroup, SamplingParams
 from mgpud.ipc import AsyncClient, Client, RemoteError, framing
 from test_daemon_protocol import dealer, flood
+from waiting import wait_for
 
 LIMITS = {"kv_cache_memory": 2 << 20, "max_model_len": 256}
 PROMPTS = ["The daemon serves", [5, 6, 7, 8, 9], "What is the capital of France?"]
@@ -27,7 +27,7 @@ MAX_TOKENS = 12
 
 def offline(model: Path, tp: int) -> list[list[int]]:
     """The engine's own greedy output for PROMPTS, without the daemon."""
-    with LLMEngine(EngineConfig(model=str(model), tp=tp, **LIMITS)) as eng:
+    with ModelGroup(EngineConfig(model=str(model), tp=tp, **LIMITS)) as eng:
         results = eng.generate(PROMPTS, SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True))
     return [ids for ids, _, _ in results]
 
@@ -66,10 +66,8 @@ def test_load_reports_progress_and_shape(tiny_llama: Path) -> None:
         assert info.value.code == "already_exists"
         auto = c.call("load", model=str(tiny_llama), name="auto", wait=False, **LIMITS)
         assert auto["state"] == "loading" and auto["reasons"]  # tp=dp=0: the planner chose
-        deadline = time.monotonic() + 60
-        while (auto := c.call("models")["models"][1])["state"] == "loading":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        auto = wait_for(lambda: (m := c.call("models")["models"][1])["state"] != "loading" and m,
+                        "the planner's load to end", 60)
         assert (auto["state"], auto["tp"], auto["dp"], auto["devices"]) == ("ready", 1, 1, ["cpu:1"])
         [dev0, dev1] = c.call("devices")["devices"]
         assert (dev0["model"], dev0["rank"], dev1["model"]) == ("llama", 0, "auto")
@@ -179,19 +177,15 @@ def test_malformed_flood_leaves_generations_correct(daemon: DaemonProcess, refer
         assert [generate(c, p)[1]["token_ids"] for p in PROMPTS] == reference
 
 
-def test_status_answers_fast_while_generating(daemon: DaemonProcess) -> None:
+def test_status_answers_while_generating(daemon: DaemonProcess) -> None:
+    """The control loop stays responsive at full load: `status` is answered while the
+    generations run, not after them. How fast is benchmarks/control_latency.py's figure
+    (loaded p99), not a pass/fail threshold on a shared 2-core machine."""
     with daemon.client() as busy, daemon.client() as probe:
-        streams = [busy.stream("generate", model="tiny", prompt=[5 + i], max_tokens=80, ignore_eos=True)
+        streams = [busy.stream("generate", model="tiny", prompt=[5 + i], max_tokens=200, ignore_eos=True)
                    for i in range(4)]
-        times = []
-        for _ in range(50):
-            start = time.perf_counter()
-            probe.call("status")
-            times.append(time.perf_counter() - start)
-        for s in streams:
-            s.wait()
-    times.sort()
-    assert times[len(times) // 2] < 0.1  # the median: generous for two shared cores
+        wait_for(lambda: probe.call("status")["generations_running"] == 4, "a status answered mid-generation", 60)
+        assert [s.wait()["usage"]["completion_tokens"] for s in streams] == [200] * 4
 
 
 @pytest.mark.slow
@@ -207,14 +201,14 @@ def test_sigterm_mid_stream_then_restart_restores(tiny_llama: Path, tmp_path: Pa
             next(frames)
             d.signal(signal.SIGTERM)
             with d.client() as late:
-                deadline = time.monotonic() + 10
-                while True:  # the daemon answers while it drains, and refuses new work
+                def refused() -> bool:  # the daemon answers while it drains, and refuses new work
                     try:
                         late.call("generate", model="tiny", prompt="hi", max_tokens=2)
                     except RemoteError as exc:
-                        if exc.code == "shutting_down":
-                            break
-                    assert time.monotonic() < deadline
+                        return exc.code == "shutting_down"
+                    return False
+
+                wait_for(refused, "new work refused while draining", 30)
             for _ in frames:
                 pass
             assert stream.result["finish_reason"] == "length"

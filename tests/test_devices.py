@@ -8,8 +8,9 @@ import sys
 import pynvml
 import pytest
 
-from mgpud.engine import devices, nvml
-from mgpud.engine.devices import DeviceSpecError, cuda_visible, discover, memory_breakdown, refresh
+from mgpud.engine.hosts import inventory as devices, nvml
+from mgpud.engine.hosts.inventory import DeviceSpecError, cuda_visible, discover, memory_breakdown, refresh
+from mgpud.records import to_wire
 
 from fake_nvml import FakeGpu, FakeNvml, MiB
 
@@ -36,7 +37,6 @@ def test_discover_reads_every_gpu(fake):
     [proc] = d0.processes
     assert (proc.pid, proc.memory) == (os.getpid(), 3 * GiB) and proc.name  # our own process's name
     assert (d1.utilization, d1.temperature, d1.power) == (97.0, 71.0, 612.5)
-    assert d1.memory_percent == pytest.approx(100 * 70 * 1024 / 81559)
 
 
 def test_no_driver_falls_back_to_cpu_and_says_why(fake):
@@ -59,7 +59,7 @@ def test_failing_reading_is_a_sentinel_with_a_reason(fake):
                          "nvmlDeviceGetComputeRunningProcesses": pynvml.NVML_ERROR_UNKNOWN}
     d1 = discover()[1]
     assert d1.available and d1.memory_total == 81559 * MiB  # the other readings still arrive
-    assert d1.temperature is None and d1.power is None and d1.processes == ()
+    assert d1.temperature is None and d1.power is None and d1.processes == []
     assert set(d1.unavailable) == {"temperature", "power", "processes"}
     assert "Not Supported" in d1.unavailable["temperature"]
     assert "permission denied" in d1.unavailable["power"]
@@ -129,7 +129,7 @@ def test_cpu_refresh_counts_worker_rss():
     [proc] = d0.processes
     assert proc.pid == os.getpid() and d0.memory_used == proc.memory > 10 * MiB
     assert d0.memory_free == 64 * GiB - d0.memory_used
-    assert d1.memory_used == 0 and d1.processes == ()
+    assert d1.memory_used == 0 and d1.processes == []
 
 
 def test_memory_breakdown():
@@ -142,8 +142,8 @@ def test_memory_breakdown():
     assert (lazy.other, lazy.free) == (0, 8 * GiB - 4 * GiB - GiB // 2)
 
 
-def test_device_to_dict_is_plain_data(fake):
-    data = discover()[0].to_dict()
+def test_device_goes_on_the_wire_as_plain_data(fake):
+    data = to_wire(discover()[0])
     assert data["processes"][0]["pid"] == os.getpid() and data["unavailable"] == {}
 
 

@@ -7,32 +7,42 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import psutil
 
-from mgpud.engine import EngineConfig, EngineDead, LLMEngine, SamplingParams
+from mgpud.engine import EngineConfig, EngineDead, RequestStream, SamplingParams
+from mgpud.engine.core.llm_engine import LLMEngine
+from mgpud.engine.core.prepared import PreparedModel
+from waiting import wait_for
 
 OWNER = """
 import json, sys
-from mgpud.engine import EngineConfig, LLMEngine, SamplingParams
-eng = LLMEngine(EngineConfig(model=sys.argv[1], tp=2, kv_cache_memory=2 << 20, max_model_len=256))
-stream = eng.add_request([5, 6, 7], params=SamplingParams(max_tokens=200, ignore_eos=True))
+from mgpud.engine import EngineConfig, ModelGroup, SamplingParams
+group = ModelGroup(EngineConfig(model=sys.argv[1], tp=2, kv_cache_memory=2 << 20, max_model_len=256))
+stream = group.stream([5, 6, 7], params=SamplingParams(max_tokens=200, ignore_eos=True))
 next(iter(stream))
-print(json.dumps(eng.info["pids"]), flush=True)
+print(json.dumps(group.stats().replicas[0].pids), flush=True)
 for _ in stream:
     pass
 """
+LONG = SamplingParams(max_tokens=200, ignore_eos=True)
 
 
-def _wait_gone(pids: list[int], seconds: float) -> list[int]:
-    deadline = time.monotonic() + seconds
-    alive = pids
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-        time.sleep(0.05)
+def _alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            pass
     return alive
+
+
+def _wait_gone(pids: list[int], what: str) -> None:
+    wait_for(lambda: not _alive(pids), what, 60, detail=lambda: f"still running: {_alive(pids)}")
 
 
 def test_kill_9_of_owner_leaves_no_worker(tiny_llama: Path) -> None:
@@ -41,24 +51,35 @@ def test_kill_9_of_owner_leaves_no_worker(tiny_llama: Path) -> None:
     assert len(pids) == 2 and all(psutil.pid_exists(p) for p in pids)
     os.kill(owner.pid, signal.SIGKILL)
     owner.wait()
-    assert _wait_gone(pids, 5.0) == []
+    _wait_gone(pids, "the workers to exit after their owner")
+
+
+def _replica(model: Path) -> LLMEngine:
+    """One replica on two CPU devices, driven directly (no group to restart it)."""
+    config = EngineConfig(model=str(model), tp=2, kv_cache_memory=2 << 20)
+    return LLMEngine(PreparedModel.open(model, 256), config, ["cpu:0", "cpu:1"])
 
 
 def test_dead_rank_fails_pending_requests(tiny_llama: Path) -> None:
-    with LLMEngine(EngineConfig(model=str(tiny_llama), tp=2, kv_cache_memory=2 << 20, max_model_len=256)) as eng:
-        stream = eng.add_request([5, 6, 7], params=SamplingParams(max_tokens=200, ignore_eos=True))
+    with _replica(tiny_llama) as eng:
+        stream = RequestStream()
+        eng.add_request("r1", [5, 6, 7], LONG, stream.put)
         next(iter(stream))
-        started = time.monotonic()
-        os.kill(eng.info["pids"][1], signal.SIGKILL)
-        final = list(stream)[-1]
-        assert time.monotonic() - started < 2.0
+        os.kill(eng.info.pids[1], signal.SIGKILL)
+        # The stream ends with an error instead of hanging: consumed beside the test, so
+        # that a hang fails it rather than blocks it.
+        outputs: list = []
+        reader = threading.Thread(target=lambda: outputs.extend(stream), daemon=True)
+        reader.start()
+        wait_for(lambda: not reader.is_alive(), "the stream to end after a rank died", 60)
+        final = outputs[-1]
         assert final.finish_reason == "error"
         assert "exited" in final.error or "failed" in final.error
         assert not eng.alive
         try:
-            eng.add_request([1, 2])
+            eng.add_request("r2", [1, 2], LONG, stream.put)
         except EngineDead as exc:
             assert "replica is down" in str(exc)
         else:
             raise AssertionError("a dead engine accepted a request")
-        assert _wait_gone(eng.info["pids"], 5.0) == []
+        _wait_gone(eng.info.pids, "the surviving rank to exit")

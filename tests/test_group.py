@@ -7,15 +7,15 @@ import os
 import random
 import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from mgpud.engine import EngineConfig, ModelLoadError, SamplingParams
-from mgpud.engine.group import ModelGroup
-from mgpud.engine.pool import DevicePool
+from mgpud.engine.serving.group import ModelGroup
+from mgpud.engine.serving.pool import DevicePool
 from oracle import hf_greedy
+from waiting import wait_for
 
 NEW = 12
 PARAMS = SamplingParams(max_tokens=NEW)
@@ -36,20 +36,11 @@ def expected(tiny_llama: Path) -> dict[tuple[int, ...], list[int]]:
     return {tuple(p): hf_greedy(tiny_llama, p, NEW) for p in prompts}
 
 
-def _wait(predicate, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.mark.parametrize("tp, dp", [(1, 2), (2, 1), (2, 2)])
 def test_shapes_give_single_replica_outputs(tiny_llama: Path, expected, tp: int, dp: int) -> None:
     with ModelGroup(_config(tiny_llama, tp), dp, DevicePool([f"cpu:{i}" for i in range(4)])) as group:
-        assert group.stats()["dp"] == dp
-        devices = [r["devices"] for r in group.stats()["replicas"]]
+        assert group.stats().dp == dp
+        devices = [r.devices for r in group.stats().replicas]
         assert len({d for ds in devices for d in ds}) == tp * dp  # disjoint
         prompts = [list(p) for p in expected]
         for prompt, (ids, _, _) in zip(prompts, group.generate(prompts, PARAMS)):
@@ -59,18 +50,18 @@ def test_shapes_give_single_replica_outputs(tiny_llama: Path, expected, tp: int,
 def test_burst_spreads_over_replicas(tiny_llama: Path) -> None:
     with ModelGroup(_config(tiny_llama), 2, DevicePool(["cpu:0", "cpu:1"])) as group:
         group.generate(_prompts(40, seed=9), SamplingParams(max_tokens=4))
-        served = [r["requests_finished"] for r in group.stats()["replicas"]]
+        served = [r.requests_finished for r in group.stats().replicas]
         assert sum(served) == 40 and all(16 <= n <= 24 for n in served), served
 
 
 def test_refuses_impossible_shapes_before_stopping_anything(tiny_llama: Path) -> None:
     with ModelGroup(_config(tiny_llama), 1, DevicePool(["cpu:0", "cpu:1"])) as group:
-        pids = group.stats()["replicas"][0]["pids"]
+        pids = group.stats().replicas[0].pids
         with pytest.raises(ModelLoadError, match="tp=3 does not divide.*shapes that would work: tp=1 dp=1"):
             group.reconfigure(3, 1)
         with pytest.raises(ModelLoadError, match="needs 4 devices but 2"):
             group.reconfigure(2, 2)
-        assert group.stats()["replicas"][0]["pids"] == pids and group.stats()["state"] == "ready"
+        assert group.stats().replicas[0].pids == pids and group.stats().state == "ready"
 
 
 class _Traffic:
@@ -87,7 +78,7 @@ class _Traffic:
         prompts = [list(p) for p in self.expected]
         while not self._stop.is_set():
             batch = random.sample(prompts, 3)
-            for prompt, stream in [(p, self.group.add_request(p, params=PARAMS)) for p in batch]:
+            for prompt, stream in [(p, self.group.stream(p, params=PARAMS)) for p in batch]:
                 ids, _, final = stream.result()
                 if ids != self.expected[tuple(prompt)]:
                     self.bad.append((final.finish_reason, final.error))
@@ -108,7 +99,8 @@ def test_reconfigure_under_traffic_loses_nothing(tiny_llama: Path, expected) -> 
             target = traffic.done + 6
             reports.append(group.reconfigure(tp, dp))
             assert (group.tp, group.dp) == (tp, dp)
-            assert _wait(lambda target=target: traffic.done >= target, 60)
+            wait_for(lambda target=target: traffic.done >= target, f"requests served after tp={tp} dp={dp}", 60,
+                     detail=lambda: f"{traffic.done} served, wrong answers: {traffic.bad}")
         traffic.stop()
         assert traffic.bad == []
         assert reports[0]["held_s"] == 0.0  # a free device: the new replica started alongside
@@ -120,16 +112,18 @@ def test_killed_worker_fails_over_and_replica_returns(tiny_llama: Path, expected
     events = []
     with ModelGroup(_config(tiny_llama), 2, DevicePool(["cpu:0", "cpu:1"]), on_event=events.append) as group:
         traffic = _Traffic(group, expected)
-        assert _wait(lambda: traffic.done >= 3, 60)
-        victim = group.stats()["replicas"][0]
+        wait_for(lambda: traffic.done >= 3, "the first requests", 60)
+        victim = group.stats().replicas[0]
         killed_at = len(events)
-        os.kill(victim["pids"][0], signal.SIGKILL)
-        assert _wait(lambda: any(e["kind"] == "replica_failed" for e in events[killed_at:]), 2.0)
-        assert _wait(lambda: any(e["kind"] == "replica_ready" and e["replica"] == victim["index"]
-                                 for e in events[killed_at:]), 60)
+        os.kill(victim.pids[0], signal.SIGKILL)
+        wait_for(lambda: any(e["kind"] == "replica_failed" for e in events[killed_at:]), "the failure event", 30,
+                 detail=lambda: events[killed_at:])
+        wait_for(lambda: any(e["kind"] == "replica_ready" and e["replica"] == victim.index
+                             for e in events[killed_at:]), "the replica to come back", 60,
+                 detail=lambda: events[killed_at:])
         traffic.stop()
         assert all(reason == "replica_failed" for reason, _ in traffic.bad), traffic.bad
-        served = {r["index"]: r["state"] for r in group.stats()["replicas"]}
-        assert served[victim["index"]] == "ready"
-        ids, _, _ = group.add_request(list(next(iter(expected))), params=PARAMS).result()
+        served = {r.index: r.state for r in group.stats().replicas}
+        assert served[victim.index] == "ready"
+        ids, _, _ = group.stream(list(next(iter(expected))), params=PARAMS).result()
         assert ids == next(iter(expected.values()))

@@ -7,7 +7,7 @@ import pytest
 from mgpud.ipc import framing, paths
 from mgpud.ipc.errors import RemoteError
 from mgpud.ipc.schema import CHECKS, OPS, BadRequest, check_args, parse_request
-from mgpud.ipc.units import parse_size
+from mgpud.units import parse_size
 
 
 def raw(**msg: object) -> bytes:

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from mgpud.engine import EngineConfig, LLMEngine, SamplingParams
+from mgpud.engine import EngineConfig, ModelGroup, SamplingParams
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21], [40, 41]]
 
 
 def _greedy(model: Path) -> list[list[int]]:
     cfg = EngineConfig(model=str(model), max_model_len=64, kv_cache_memory=1 << 20, max_num_batched_tokens=16)
-    with LLMEngine(cfg) as eng:
+    with ModelGroup(cfg) as eng:
         return [ids for ids, _, _ in eng.generate(PROMPTS, SamplingParams(max_tokens=6, ignore_eos=True))]
 
 

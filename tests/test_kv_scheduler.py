@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from mgpud.engine.kv import BlockManager
-from mgpud.engine.sampling import SamplingParams
-from mgpud.engine.scheduler import Limits, Scheduler
-from mgpud.engine.sequence import Sequence
-from mgpud.engine.tokenizer import Detokenizer
+from mgpud.engine.core.kv import BlockManager
+from mgpud.engine.core.sampling import SamplingParams
+from mgpud.engine.core.scheduler import Limits, Scheduler
+from mgpud.engine.core.sequence import Sequence
+from mgpud.engine.core.tokenizer import Detokenizer
 
 
 def _seq(rid: str, tokens: list[int], max_tokens: int = 8) -> Sequence:

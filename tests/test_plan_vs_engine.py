@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mgpud.engine import EngineConfig, LLMEngine
-from mgpud.engine.planner import plan
+from mgpud.engine import EngineConfig, ModelGroup
+from mgpud.engine.planning.planner import plan
 
 DEVICE_MEMORY = 2 << 30
 
@@ -17,13 +17,13 @@ DEVICE_MEMORY = 2 << 30
 def test_demo_model_memory_matches_the_plan(demo_model: Path, tp: int) -> None:
     cfg = EngineConfig(model=str(demo_model), tp=tp, max_model_len=2048, device_memory=DEVICE_MEMORY,
                        max_num_batched_tokens=512)
-    with LLMEngine(cfg) as eng:
-        info = eng.info
+    with ModelGroup(cfg) as eng:
+        info = eng.stats().replicas[0]
     verdict = plan(demo_model, f"cpu:{tp}", max_model_len=2048, device_memory=DEVICE_MEMORY,
                    memory_utilization=cfg.memory_utilization, max_num_batched_tokens=cfg.max_num_batched_tokens,
                    max_num_seqs=cfg.max_num_seqs)
     shape = next(s for s in verdict.shapes if s.tp == tp and s.dp == 1)
-    for weights in info["weight_bytes_per_rank"]:
+    for weights in info.weight_bytes_per_rank:
         assert abs(weights - shape.weights_per_device) <= 0.10 * shape.weights_per_device
-    kv_tokens = info["num_kv_blocks"] * info["block_size"]
+    kv_tokens = info.num_kv_blocks * info.block_size
     assert abs(kv_tokens - shape.kv_tokens) <= 0.10 * shape.kv_tokens, (kv_tokens, shape.kv_tokens)

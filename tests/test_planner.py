@@ -7,12 +7,16 @@ import sys
 
 import pytest
 
-from mgpud.engine import planner, presets
+from mgpud.engine.hosts import hardware
 from mgpud.engine.config import ModelConfig
-from mgpud.engine.devices import DeviceSpecError
-from mgpud.engine.planner import (ParamGroups, PlanError, activation_peak_bytes, allreduce_bytes_per_token, decode_step,
-                                  format_table, kv_bytes_per_token, param_groups, plan, weight_bytes)
-from mgpud.engine.presets import HARDWARE, DevicePool, Hardware, describe, model_preset
+from mgpud.engine.hosts.inventory import DeviceSpecError
+from mgpud.engine.planning.planner import (ParamGroups, PlanError, activation_peak_bytes, allreduce_bytes_per_token, decode_step,
+                                  kv_bytes_per_token, param_groups, plan, weight_bytes)
+from mgpud.cli.plan import format_table
+from mgpud.engine.hosts.hardware import HARDWARE, Hardware
+from mgpud.engine.planning.presets import model_preset
+from mgpud.engine.planning.targets import DeviceSet, describe, device_set
+from mgpud.units import fmt_bytes
 
 from fake_nvml import FakeGpu, FakeNvml
 
@@ -115,7 +119,7 @@ def test_mixture_of_experts_reads_only_routed_experts_at_batch_one():
 
 def test_diminishing_returns_point():
     slow_link = Hardware("slow", 80 * GiB, 1e15, 1e14, 3e12, "test", 1e9, 5e-3)
-    pool = DevicePool("8x slow", "cuda", 8, 80 * GiB, slow_link)
+    pool = DeviceSet("8x slow", "cuda", 8, 80 * GiB, slow_link)
     p = plan("Llama-3.1-8B", pool, max_model_len=4096, tp=4)
     assert p.knee_tp == 1
     assert any("diminishing returns past tp=1" in r and "tp=4 is past it" in r for r in p.reasons)
@@ -185,9 +189,9 @@ def test_table_marks_the_choice_and_aligns():
 
 @pytest.mark.parametrize("n, text", [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"),
                                      (163_840, "160.0 KiB"), (141_107_412_992, "131.4 GiB"),
-                                     (5 << 40, "5120.0 GiB")])
+                                     (5 << 40, "5.0 TiB")])
 def test_fmt_bytes(n, text):
-    assert planner.fmt_bytes(n) == text
+    assert fmt_bytes(n) == text
 
 
 def test_to_dict_is_json():
@@ -215,8 +219,8 @@ def test_describe_rejects_what_is_no_description(spec):
 def test_describe_cpu_and_probe():
     pool = describe("cpu:4", device_memory=3 * GiB)
     assert (pool.count, pool.memory, pool.kind) == (4, 3 * GiB, "cpu")
-    figures = presets.cpu_figures()
-    assert presets.cpu_figures() is figures  # measured once per process
+    figures = hardware.cpu_figures()
+    assert hardware.cpu_figures() is figures  # measured once per process
     assert figures.flops32 > 1e9 and figures.flops16 > 1e8 and figures.copy_bandwidth > 1e8
     assert pool.hardware.flops32 <= figures.flops32
 
@@ -224,7 +228,7 @@ def test_describe_cpu_and_probe():
 def test_model_from_directory_and_bare_config(tmp_path):
     (tmp_path / "smol").mkdir()
     (tmp_path / "smol" / "config.json").write_text(json.dumps(SMOLLM2))
-    pool = DevicePool("1x A100-40GB", "cuda", 1, HARDWARE["A100-40GB"].memory, HARDWARE["A100-40GB"])
+    pool = DeviceSet("1x A100-40GB", "cuda", 1, HARDWARE["A100-40GB"].memory, HARDWARE["A100-40GB"])
     from_dir = plan(tmp_path / "smol", pool)
     from_file = plan(str(tmp_path / "smol" / "config.json"), pool)
     assert from_dir.model == from_file.model == "smol" and from_dir.params == 134_515_008
@@ -266,14 +270,14 @@ def test_discovered_gpus(monkeypatch):
 def test_no_usable_device(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([], init_error=9))  # 9: driver not loaded
     with pytest.raises(DeviceSpecError, match="no usable device: cuda:0 left out: NVML init unavailable"):
-        presets.resolve_devices("0")
+        device_set("0")
 
 
 @pytest.mark.parametrize("name, tp", [("SmolLM2-135M", 1), ("SmolLM2-135M", 3), ("Qwen2.5-72B", 2)])
 def test_weights_per_device_match_the_engines_own_model(name, tp):
     torch = pytest.importorskip("torch")
-    from mgpud.engine.models.llama import LlamaForCausalLM
-    from mgpud.engine.parallel import TPGroup
+    from mgpud.engine.core.models.llama import LlamaForCausalLM
+    from mgpud.engine.core.parallel import TPGroup
 
     cfg = model_preset(name)
     with torch.device("meta"):  # shapes only, no memory

@@ -18,6 +18,7 @@ from mgpud.tui.messages import ConnectionChanged, DaemonEvent, SnapshotArrived
 from mgpud.tui.state import HISTORY_SAMPLES, History, MemorySplit, parse_snapshot
 from mgpud.tui.verdict import judge
 from test_tui_snapshots import PLAN, telemetry
+from waiting import until
 
 # A model as the first daemon described it: one engine, its own `figures` and `info`.
 SINGLE_ENGINE = {
@@ -134,8 +135,7 @@ def test_the_worker_reports_the_connection_and_retries(monkeypatch: pytest.Monke
     async def run() -> None:
         client = FlakyClient()
         task = asyncio.create_task(follow(client, posted.append))  # type: ignore[arg-type]
-        while client.attempts < 3:
-            await asyncio.sleep(0.01)
+        await until(None, lambda: client.attempts >= 3, "the third connection attempt", detail=lambda: posted)
         task.cancel()
 
     asyncio.run(run())

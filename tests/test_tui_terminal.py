@@ -6,7 +6,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 
 from mgpud.daemon.testing import DaemonProcess
 from test_tui_daemon import daemon  # noqa: F401  (the fixture: a daemon serving tiny)
+from waiting import wait_for
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")]
@@ -36,14 +36,12 @@ class Tmux:
         return self("capture-pane", "-p", "-t", "top")
 
     def until(self, ready: Callable[[str], object], what: str, timeout: float = 30.0) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
+        """The screen, once `ready(screen)` holds."""
+        def shown() -> str | None:
             screen = self.screen()
-            if ready(screen):
-                return screen
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; the terminal shows:\n{screen}")
-            time.sleep(0.1)
+            return screen if ready(screen) else None
+
+        return wait_for(shown, what, timeout, detail=lambda: f"the terminal shows:\n{self.screen()}", interval=0.1)
 
 
 @pytest.fixture

@@ -28,12 +28,16 @@ DOWN_HINT = "The dashboard reconnects by itself when the daemon is back."
 
 class Dashboard(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("l", "load", "Load"),
-        Binding("s", "scale", "Scale"),
-        Binding("u", "unload", "Unload"),
-        Binding("g", "generate", "Generate"),
-        Binding("question_mark", "help", "Help", key_display="?"),
-        Binding("q", "quit", "Quit"),
+        # The tooltips are the help screen's text (and the footer's on hover).
+        Binding("l", "load", "Load",
+                tooltip="load a model: path or demo, name, tp, dp, max length; the planner judges the shape"),
+        Binding("s", "scale", "Scale", tooltip="scale the selected model to another tp x dp while it serves"),
+        Binding("u", "unload", "Unload",
+                tooltip="unload the selected model (after its running generations, or forced)"),
+        Binding("g", "generate", "Generate",
+                tooltip="send a prompt to the selected model and watch the tokens stream"),
+        Binding("question_mark", "help", "Help", key_display="?", tooltip="this help"),
+        Binding("q", "quit", "Quit", tooltip="quit (the daemon keeps running)"),
     ]
 
     def __init__(self, client: AsyncClient) -> None:
@@ -147,7 +151,7 @@ class Dashboard(Screen[None]):
             self.app.push_screen(PromptScreen(self.client, name))
 
     def action_help(self) -> None:
-        self.app.push_screen(HelpScreen())
+        self.app.push_screen(HelpScreen(self))
 
     def action_quit(self) -> None:
         self.app.exit()

@@ -1,4 +1,4 @@
-"""The dialogs: load, scale, unload, help.
+"""The dialogs: load, scale, unload, and help (generated from the live key bindings).
 
 Load and scale stay open while the daemon works and show its progress; their command
 runs in a worker owned by the app, so that Escape only hides the dialog: the command
@@ -16,7 +16,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Grid, Horizontal, Vertical
 from textual.dom import DOMNode
-from textual.screen import ModalScreen
+from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
 from textual.widgets import Button, Input, Label, ProgressBar, Static
 
@@ -302,30 +302,43 @@ class UnloadModal(ModalScreen[bool | None]):
         self.dismiss({"unload": False, "force": True}.get(event.button.id or ""))
 
 
-HELP = (
-    ("l", "load a model: path or demo, name, tp, dp, max length; the planner judges the shape"),
-    ("s", "scale the selected model to another tp x dp while it serves"),
-    ("u", "unload the selected model (after its running generations, or forced)"),
-    ("g", "send a prompt to the selected model and watch the tokens stream"),
-    ("↑ ↓", "select a model"),
-    ("?", "this help"),
-    ("q", "quit (the daemon keeps running)"),
-)
+def key_rows(screen: Screen[Any]) -> list[tuple[str, str]]:
+    """(keys, what they do) for the live bindings of `screen` and of its focused widget that
+    explain themselves (a tooltip), widget first; keys that do the same share a row. The
+    app's own bindings are Textual's (ctrl+q, ctrl+c), not the dashboard's to explain."""
+    rows: dict[str, list[str]] = {}
+    for active in screen.active_bindings.values():
+        if active.tooltip and active.node is not screen.app:
+            rows.setdefault(active.tooltip, []).append(screen.app.get_key_display(active.binding))
+    return [(" ".join(keys), what) for what, keys in rows.items()]
 
 
 class HelpScreen(ModalScreen[None]):
+    """The keys of `explained` (the screen it was opened from), then how to read the panels."""
+
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,question_mark,q", "dismiss", "Close")]
+
+    def __init__(self, explained: Screen[Any]) -> None:
+        super().__init__()
+        self.explained = explained
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog") as dialog:
             dialog.border_title = "mgpud top: keys"
             text = Text()
-            for key, what in HELP:
-                text.append(f"{key:>4}  ", style="bold")
+            for keys, what in key_rows(self.explained):
+                text.append(f"{keys:>4}  ", style="bold")
                 text.append(f"{what}\n")
             text.append("\nMemory bars, per device:\n")
             text.append_text(render.memory_legend(short=False))
             text.append("Sizes in binary units (G = GiB). KV headroom: the share of KV blocks free. "
                         "TTFT: time to first token, ms. – : not known.")
             yield Static(text)
-            yield Label("Esc, ? or q closes.", classes="hint")
+            yield Label(self._closing_hint(), classes="hint")
+
+    def _closing_hint(self) -> str:
+        """The hint line, "Esc, ? or q closes.", from this screen's own bindings."""
+        *first, last = [self.app.get_key_display(a.binding) for a in self.active_bindings.values()
+                        if a.binding.action == "dismiss"]
+        listed = f"{', '.join(first)} or {last}" if first else last
+        return f"{listed[:1].upper()}{listed[1:]} closes."

@@ -10,6 +10,8 @@ import time
 
 from rich.text import Text
 
+from mgpud.units import fmt_bytes
+
 from .state import MemorySplit
 
 # (field of MemorySplit, glyph, colour, label, short label)
@@ -26,16 +28,7 @@ NONE = "–"  # a figure the daemon does not know (yet)
 
 def size(n: int | None) -> str:
     """Bytes in binary units, three significant figures at most: 512B, 1.5K, 340M, 2.8G."""
-    if n is None:
-        return NONE
-    value = float(n)
-    for unit in ("B", "K", "M", "G", "T"):
-        if abs(value) < 1000 or unit == "T":
-            break
-        value /= 1024
-    if unit == "B":
-        return f"{int(value)}B"
-    return f"{value:.1f}{unit}" if value < 10 else f"{value:.0f}{unit}"
+    return fmt_bytes(n, compact=True, missing=NONE)
 
 
 def clip(text: str | None, width: int) -> str:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Label, RichLog, Sparkline, Static
 
@@ -117,6 +119,12 @@ DEVICE_COLUMNS: tuple[tuple[str, tuple[str, ...], Callable[[DeviceView, str], Te
 
 class ModelsTable(DataTable[Text | str]):
     """One row per model, and one per replica beneath it when it has several."""
+
+    # DataTable's own arrow keys, with the tooltip that the help screen shows.
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("up", "cursor_up", "Cursor up", show=False, tooltip="select a model"),
+        Binding("down", "cursor_down", "Cursor down", show=False, tooltip="select a model"),
+    ]
 
     def __init__(self) -> None:
         super().__init__(id="models", cursor_type="row", zebra_stripes=True)

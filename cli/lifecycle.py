@@ -1,0 +1,180 @@
+"""`mgpud load`, `mgpud unload` and `mgpud scale`: a model's life on the daemon."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mgpud.ipc.schema import ENGINE_LIMIT_KEYS
+from mgpud.units import fmt_bytes
+
+from .context import Settings, complete_model_names, global_options, pass_settings
+from .output import emit_json, state
+from .params import SIZE, F, schema_argument, schema_option
+from .progress import ProgressView, follow
+
+# Where the command line words an engine limit otherwise than the schema: vLLM's flag
+# name for the memory share, and a size written with units.
+_LIMIT_OPTIONS: dict[str, dict[str, Any]] = {
+    "memory_utilization": {"decls": ("--gpu-memory-utilization",), "metavar": "FRACTION",
+                           "help": "Share of each device's memory the model may use (CPU devices too)."},
+    "kv_cache_memory": {"type": SIZE, "help": "KV cache per rank, e.g. 2GiB; overrides profiling."},
+}
+
+
+def engine_limit_options(fn: F) -> F:
+    """An option per engine limit that `load` takes (ENGINE_LIMIT_KEYS), each left unset by default."""
+    for key in reversed(ENGINE_LIMIT_KEYS):
+        attrs = dict(_LIMIT_OPTIONS.get(key, {}))
+        fn = schema_option("load", key, *attrs.pop("decls", ()), **attrs)(fn)
+    return fn
+
+
+@click.command()
+@click.argument("model")
+@schema_option("load", "name", help="Name to serve it under (default: the directory's name; `demo` for demo).")
+@schema_option("load", "tp", default=0, show_default=True, help="Tensor-parallel degree; 0 = the planner chooses.")
+@schema_option("load", "dp", default=0, show_default=True, help="Data-parallel replicas; 0 = the planner chooses.")
+@click.option("--devices", metavar="ID,ID,..", help="Devices to use, e.g. cpu:0,cpu:1 or 0,1 (default: free ones).")
+@engine_limit_options
+@click.option("--no-wait", is_flag=True, help="Return at once; the load goes on in the background.")
+@global_options()
+@pass_settings
+def load(settings: Settings, model: str, name: str | None, tp: int, dp: int, devices: str | None,
+         no_wait: bool, **limits: Any) -> None:
+    """Load MODEL (a Hugging Face model directory, or `demo`) and serve it.
+
+    Shows a progress bar while the shards load, then the shape and KV capacity.
+    Ctrl-C detaches: the load goes on. With --tp 0 --dp 0 the planner picks the shape
+    and says why.
+
+    \b
+    Examples:
+      mgpud load demo --name smol
+      mgpud load /models/Llama-3.1-8B --tp 2 --max-model-len 8192
+      mgpud load ./my-model --devices cpu:0 --kv-cache-memory 512MiB --no-wait
+    """
+    args = {"model": _model_path(model), "name": name, "tp": tp, "dp": dp,
+            "devices": [d.strip() for d in devices.split(",")] if devices else None,
+            **{key: limits[key] for key in ENGINE_LIMIT_KEYS}, "wait": not no_wait}
+    label = name or Path(model).name or model
+    start = time.monotonic()
+    with settings.client() as client:
+        stream = client.stream("load", **args)
+        view = ProgressView(f"loading {label}", for_script=settings.json)
+        result = follow(stream, view, f"the daemon keeps loading {label}; follow it with `mgpud ps`")
+    if settings.json:
+        emit_json(result)
+    elif no_wait:
+        click.echo(format_background(result))
+    else:
+        click.echo(format_loaded(result, time.monotonic() - start))
+
+
+def _model_path(model: str) -> str:
+    """The daemon runs elsewhere (another cwd, maybe another user): send absolute paths."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if model != "demo" and path.exists() else model
+
+
+def format_loaded(m: dict[str, Any], seconds: float) -> str:
+    stats = m.get("stats") or {}
+    length = stats.get("max_model_len")
+    lines = [f"{m['name']} {state(m['state'])} in {seconds:.1f} s: {_shape(m)}"
+             + (f", max_model_len {length:,}" if length else "")]
+    lines += [_replica_line(r, length) for r in stats.get("replicas", [])]
+    return "\n".join(lines + _reasons(m))
+
+
+def _replica_line(r: dict[str, Any], max_model_len: int | None) -> str:
+    """What one replica holds: its devices, weights and KV cache per rank, KV capacity."""
+    capacity = f"{r['num_kv_blocks']:,} blocks"
+    if r.get("block_size"):
+        tokens = r["num_kv_blocks"] * r["block_size"]
+        capacity = f"{tokens:,} tokens"
+        if max_model_len:
+            capacity += f", {tokens // max_model_len:,} sequences of {max_model_len:,}"
+    return (f"  replica {r['index']} on {','.join(r['devices'])}: weights {_per_rank(r['weight_bytes_per_rank'])}, "
+            f"KV cache {fmt_bytes(r['kv_bytes_per_rank'])} per rank = {capacity}")
+
+
+def format_background(m: dict[str, Any]) -> str:
+    lines = [f"loading {m['name']} in the background: {_shape(m)}; follow it with `mgpud ps`"]
+    return "\n".join(lines + _reasons(m))
+
+
+def _shape(m: dict[str, Any]) -> str:
+    where = f" on {', '.join(m['devices'])}" if m["devices"] else ""  # none yet early in a background load
+    return f"tp={m['tp']} x dp={m['dp']}{where}"
+
+
+def _per_rank(sizes: list[int]) -> str:
+    if len(set(sizes)) == 1:
+        return f"{fmt_bytes(sizes[0])} per rank"
+    return "/".join(map(fmt_bytes, sizes)) + " on its ranks"
+
+
+def _reasons(m: dict[str, Any]) -> list[str]:
+    if not m.get("reasons"):
+        return []
+    return ["  why this shape:"] + [f"    - {r}" for r in m["reasons"]]
+
+
+@click.command()
+@schema_argument("unload", "name", "name", shell_complete=complete_model_names)
+@click.option("--force", is_flag=True, help="Cancel running generations instead of waiting for them.")
+@global_options()
+@pass_settings
+def unload(settings: Settings, name: str, force: bool) -> None:
+    """Stop serving NAME and free its devices. New requests are refused at once; running
+    generations finish first unless --force cancels them.
+
+    \b
+    Examples:
+      mgpud unload smol
+      mgpud unload smol --force
+    """
+    with settings.client() as client:
+        result = client.call("unload", name=name, force=force)
+    if settings.json:
+        emit_json(result)
+    else:
+        click.echo(f"unloaded {result['name']}" + (" (running generations cancelled)" if force else ""))
+
+
+@click.command()
+@schema_argument("reconfigure", "name", "name", shell_complete=complete_model_names)
+@schema_option("reconfigure", "tp", help="New tensor-parallel degree.")
+@schema_option("reconfigure", "dp", help="New number of replicas.")
+@global_options()
+@pass_settings
+def scale(settings: Settings, name: str, tp: int | None, dp: int | None) -> None:
+    """Change NAME's shape while it serves (live reshard): replicas roll one by one, or new
+    requests wait in the queue while it reshards; none is dropped. Ctrl-C detaches.
+
+    \b
+    Examples:
+      mgpud scale smol --dp 2
+      mgpud scale smol --tp 3 --dp 1
+    """
+    if tp is None and dp is None:
+        raise click.UsageError("give --tp, --dp or both")
+    with settings.client() as client:
+        stream = client.stream("reconfigure", name=name, tp=tp, dp=dp)
+        view = ProgressView(f"reshaping {name}", for_script=settings.json)
+        result = follow(stream, view, f"the daemon keeps reshaping {name}; follow it with `mgpud ps`")
+    if settings.json:
+        emit_json(result)
+        return
+    before, after = result["from"], result["to"]
+    click.echo(f"{name}: tp={before['tp']} x dp={before['dp']} -> tp={after['tp']} x dp={after['dp']} "
+               f"in {result['duration_s']:.1f} s; new requests held for {1000 * result['held_s']:.0f} ms")
+    stats = result["model"].get("stats") or {}
+    for r in stats.get("replicas", []):
+        click.echo(_replica_line(r, stats.get("max_model_len")))
+
+
+COMMANDS = (load, unload, scale)

@@ -1,0 +1,272 @@
+"""LLMEngine: one replica, driven from its owner process (see docs/engine-api.md).
+
+The owner spawns one worker process per device and turns rank 0's token stream into
+text (detokenizing, stop strings); it never runs model math and never re-checks a
+request: the serving layer (engine/serving/group.py) prepared it. Sockets and the rendezvous file live in a
+private directory per engine, so replicas and models never collide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from mgpud.records import LoadProgress, RankFigures
+
+from ..config import EngineConfig
+from ..exceptions import EngineDead, EngineError, ModelLoadError
+from .outputs import RequestOutput, RequestState
+from .prepared import PreparedModel
+from .sampling import SamplingParams
+from .worker import WorkerArgs
+
+ProgressFn = Callable[[LoadProgress], None]
+_SEND_TIMEOUT_MS = 2000
+
+
+def default_devices(count: int) -> list[str]:
+    """The first `count` devices of this machine: CUDA GPUs, else CPU virtual devices."""
+    import torch
+
+    kind = "cuda" if torch.cuda.is_available() else "cpu"
+    return [f"{kind}:{i}" for i in range(count)]
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the ranks of a replica reported once loaded."""
+
+    pids: list[int]  # one per rank
+    dtype: str
+    num_kv_blocks: int
+    kv_bytes_per_rank: int
+    weight_bytes_per_rank: list[int]
+    peak_activation_bytes_per_rank: list[int]
+
+
+class LLMEngine:
+    """One replica on `devices` (one rank each). Requests arrive prepared by the serving
+    layer: token ids within the model's limits and checked sampling parameters."""
+
+    def __init__(self, model: PreparedModel, config: EngineConfig, devices: list[str],
+                 progress: ProgressFn | None = None, on_failure: Callable[[str], None] | None = None):
+        self._on_failure = on_failure
+        self.model = model
+        self.config = config
+        self.devices = devices
+        self._requests: dict[str, RequestState] = {}
+        self._lock = threading.Lock()
+        self._dead: str | None = None
+        self._failed = threading.Event()
+        self._closing = False
+        self._stats = RankFigures()
+        self._run_dir = tempfile.mkdtemp(prefix="mgpud-replica-")
+        self._zmq = zmq.Context()
+        self._inbox = self._zmq.socket(zmq.PULL)
+        self._inbox.bind(f"ipc://{self._run_dir}/owner.sock")
+        self._outbox = self._zmq.socket(zmq.PUSH)
+        # A PUSH with no live peer blocks forever; a dead rank 0 must not hang callers.
+        self._outbox.setsockopt(zmq.SNDTIMEO, _SEND_TIMEOUT_MS)
+        self._outbox.bind(f"ipc://{self._run_dir}/requests.sock")
+        self._procs: list[subprocess.Popen] = []
+        try:
+            self._spawn()
+            self.info = self._wait_ready(progress)
+        except BaseException:
+            self._teardown()
+            raise
+        self._receiver = threading.Thread(target=self._receive_loop, name="mgpud-engine-rx", daemon=True)
+        self._receiver.start()
+        for proc in self._procs:
+            threading.Thread(target=self._watch, args=(proc,), daemon=True).start()
+
+    # -- start-up ---------------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        c, tp = self.config, len(self.devices)
+        threads = c.threads_per_device or max(1, (os.cpu_count() or 1) // tp)
+        dtype = c.dtype_name(on_cuda=self.devices[0].startswith("cuda"))
+        for rank, device in enumerate(self.devices):
+            args = WorkerArgs(rank=rank, tp=tp, device=device, model_dir=str(self.model.dir),
+                              model=self.model.config, max_model_len=self.model.max_model_len,
+                              dtype=dtype, threads=threads, config=c, run_dir=self._run_dir)
+            args_file = Path(self._run_dir) / f"rank{rank}.args"
+            args_file.write_bytes(pickle.dumps(args))
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+            # A session of their own: a Ctrl-C meant for the owner must not kill the workers
+            # mid-step; the owner stops them, and they exit by themselves if it dies.
+            self._procs.append(subprocess.Popen(
+                [sys.executable, "-c", "import sys; from mgpud.engine.core.worker import main; main(sys.argv[1])",
+                 str(args_file)], env=env, start_new_session=True))
+
+    def _wait_ready(self, progress: ProgressFn | None) -> EngineInfo:
+        ready: dict[int, dict] = {}
+        while len(ready) < len(self._procs):
+            if not self._inbox.poll(200):
+                dead = [p for p in self._procs if p.poll() is not None]
+                if dead and not self._inbox.poll(500):
+                    raise EngineError(f"worker pid {dead[0].pid} exited with code {dead[0].returncode} "
+                                      "while loading; see its stderr")
+                continue
+            kind, body = pickle.loads(self._inbox.recv())
+            if kind == "progress" and progress:
+                progress(body["progress"])
+            elif kind == "ready":
+                ready[body["rank"]] = body
+            elif kind == "error":
+                raise ModelLoadError(f"rank {body['rank']}: {body['error']}")
+        if progress:
+            progress(LoadProgress("ready", message="ready"))
+        ranks = [ready[r] for r in sorted(ready)]
+        return EngineInfo(pids=[r["pid"] for r in ranks], dtype=ranks[0]["dtype"],
+                          num_kv_blocks=ranks[0]["num_blocks"], kv_bytes_per_rank=ranks[0]["kv_bytes"],
+                          weight_bytes_per_rank=[r["weight_bytes"] for r in ranks],
+                          peak_activation_bytes_per_rank=[r["peak_activation_bytes"] for r in ranks])
+
+    # -- requests ---------------------------------------------------------------------
+
+    def add_request(self, request_id: str, token_ids: list[int], params: SamplingParams,
+                    on_output: Callable[[RequestOutput], None]) -> None:
+        """Queue a prepared request (unique id, ids within the model's limits); raises
+        EngineDead or EngineError when this replica cannot take it."""
+        state = RequestState(request_id, token_ids, params, self.model.tokenizer.detokenizer(token_ids), on_output)
+        with self._lock:
+            if self._dead:
+                raise EngineDead(f"replica is down: {self._dead}")
+            if self._closing:
+                raise EngineError("engine is shutting down")
+            self._requests[request_id] = state
+            self._send("add", request_id=request_id, token_ids=token_ids, params=params,
+                       eos_ids=self.model.tokenizer.eos_ids)
+
+    def cancel(self, request_id: str) -> bool:
+        state = self._drop(request_id)
+        if state is None:
+            return False
+        state.finish("cancelled")
+        return True
+
+    def _drop(self, request_id: str) -> RequestState | None:
+        """Forget a request here and free its blocks on rank 0."""
+        with self._lock:
+            state = self._requests.pop(request_id, None)
+            if state is not None:
+                self._send("cancel", request_id=request_id)
+        return state
+
+    def stats(self) -> RankFigures:
+        """Rank 0's latest figures (a copy)."""
+        with self._lock:
+            return dataclasses.replace(self._stats)
+
+    def _send(self, kind: str, **body: Any) -> None:
+        try:
+            self._outbox.send(pickle.dumps((kind, body), protocol=5))
+        except zmq.Again:
+            raise EngineDead("rank 0 is not taking requests (no reply within 2 s)") from None
+
+    # -- rank 0's stream --------------------------------------------------------------
+
+    def _receive_loop(self) -> None:
+        while not self._closing:
+            if not self._inbox.poll(100):
+                continue
+            kind, body = pickle.loads(self._inbox.recv())
+            if kind == "outputs":
+                self._on_outputs(body)
+            elif kind == "error":
+                self._fail(f"rank {body['rank']} failed: {body['error']}")
+
+    def _on_outputs(self, body: dict[str, Any]) -> None:
+        with self._lock:
+            self._stats = body["stats"]
+            states = [(self._requests.get(out[0]), *out) for out in body["outputs"]]
+        for state, rid, token, reason, scheduled, first, top in states:
+            if state is None:
+                continue  # cancelled while this step ran
+            if reason:
+                with self._lock:
+                    self._requests.pop(rid, None)
+            if state.on_token(token, reason, scheduled, first, top) == "stop" and not reason:
+                self._drop(rid)  # a stop string ended it here: rank 0 need not go on
+
+    def _watch(self, proc: subprocess.Popen) -> None:
+        code = proc.wait()
+        # A rank that failed on its own reports why just before exiting; prefer that text.
+        if not self._closing and not self._failed.wait(1.0):
+            self._fail(f"worker pid {proc.pid} exited with code {code}")
+
+    def _fail(self, reason: str) -> None:
+        with self._lock:
+            if self._dead:
+                return
+            self._dead = reason
+            self._failed.set()
+            pending = list(self._requests.values())
+            self._requests.clear()
+        for state in pending:
+            state.finish("error", reason)
+        self._kill_workers()
+        if self._on_failure:
+            self._on_failure(reason)
+
+    @property
+    def alive(self) -> bool:
+        return self._dead is None and not self._closing
+
+    # -- shutdown ---------------------------------------------------------------------
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            pending = list(self._requests.values())
+            self._requests.clear()
+        for state in pending:
+            state.finish("cancelled")
+        if self._dead is None:
+            with contextlib.suppress(EngineDead):
+                self._send("stop")
+        deadline = time.monotonic() + timeout
+        for proc in self._procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.1, deadline - time.monotonic()))
+        self._teardown()
+
+    def _kill_workers(self) -> None:
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in self._procs:
+            proc.wait()
+
+    def _teardown(self) -> None:
+        self._closing = True
+        self._kill_workers()
+        if hasattr(self, "_receiver"):
+            self._receiver.join()
+        self._inbox.close(linger=0)
+        self._outbox.close(linger=0)
+        self._zmq.term()
+        shutil.rmtree(self._run_dir, ignore_errors=True)
+
+    def __enter__(self) -> LLMEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()

@@ -1,0 +1,95 @@
+"""Checkpoint loading: every rank reads only the slices it keeps.
+
+Tensors are opened through `safe_open(...).get_slice`, so a rank touches only the rows
+or columns its layer asks for (the file is memory-mapped; untouched pages are never
+read). Progress is reported in checkpoint bytes and tensors walked.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from safetensors import safe_open
+from torch import nn
+
+from mgpud.records import LoadProgress
+
+from ..exceptions import ModelLoadError
+
+# Buffers some checkpoints carry that we compute ourselves.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+_DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I8": 1, "U8": 1,
+                "F8_E4M3": 1, "F8_E5M2": 1, "BOOL": 1}
+
+
+def checkpoint_files(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = [model_dir / n for n in names]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise ModelLoadError(f"{model_dir}: shard(s) listed in {index.name} are missing: "
+                                 f"{', '.join(missing)}; re-download or re-convert the model")
+        return files
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{model_dir} has no *.safetensors weights; mgpud loads Hugging Face "
+                             "safetensors checkpoints (convert .bin/.gguf with transformers first)")
+    return files
+
+
+def _tensor_bytes(header: dict) -> int:
+    count = 1
+    for n in header["shape"]:
+        count *= n
+    return count * _DTYPE_BYTES.get(header["dtype"], 2)
+
+
+def _headers(file: Path) -> dict[str, dict]:
+    with file.open("rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        meta = json.loads(fh.read(size))
+    meta.pop("__metadata__", None)
+    return meta
+
+
+def _target(name: str, packed: dict[str, tuple[str, int]]) -> tuple[str, int]:
+    for part, (fused, shard) in packed.items():
+        if f".{part}." in name:
+            return name.replace(f".{part}.", f".{fused}."), shard
+    return name, 0
+
+
+def load_weights(model: nn.Module, model_dir: Path,
+                 progress: Callable[[LoadProgress], None] | None = None) -> None:
+    files = checkpoint_files(model_dir)
+    headers = {f: _headers(f) for f in files}
+    total_bytes = sum(_tensor_bytes(h) for hs in headers.values() for h in hs.values())
+    total_tensors = sum(len(hs) for hs in headers.values())
+    params = dict(model.named_parameters())
+    loaded: set[str] = set()
+    done = LoadProgress("load", 0, total_bytes, 0, total_tensors)
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for name, header in headers[file].items():
+                target, shard = _target(name, model.packed)
+                param = params.get(target)
+                if param is not None:
+                    param.weight_loader(param, f.get_slice(name), shard)
+                    loaded.add(target)
+                # A tied checkpoint may still store lm_head.weight: the embedding we hold.
+                elif not name.endswith(_IGNORED_SUFFIXES) and name != "lm_head.weight":
+                    raise ModelLoadError(f"{file.name}: unexpected tensor {name}; is this checkpoint "
+                                         "really the architecture its config.json names?")
+                done.bytes_done += _tensor_bytes(header)
+                done.tensors_done += 1
+                if progress:
+                    progress(done)
+    missing = sorted(set(params) - loaded)
+    if missing:
+        raise ModelLoadError(f"{model_dir}: checkpoint lacks {len(missing)} tensor(s), e.g. "
+                             f"{', '.join(missing[:3])}")
+

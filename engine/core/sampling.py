@@ -1,0 +1,28 @@
+"""Per-request sampling parameters: a typed record built once where a request enters
+(the daemon builds it from a request ipc.schema has validated), then trusted inward.
+What only the model can tell (the vocabulary) is checked by the serving layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = no limit
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    logprobs: int = 0  # return this many top log-probabilities per generated token
+
+    def vocabulary_problem(self, vocab_size: int) -> str | None:
+        """What in these parameters this vocabulary cannot honour, if anything."""
+        if any(not 0 <= t < vocab_size for t in self.stop_token_ids):
+            return f"stop_token_ids must be token ids in [0, {vocab_size})"
+        if self.logprobs > vocab_size:
+            return f"logprobs must be at most the vocabulary size ({vocab_size})"
+        return None

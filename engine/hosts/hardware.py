@@ -1,0 +1,100 @@
+"""Hardware figures: vendors' dense (no sparsity) per-GPU numbers, and this host's CPU
+measured once. Link bandwidth is per direction, the rate a ring all-reduce moves data at.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .inventory import host_cores
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+@dataclass(frozen=True)
+class Hardware:
+    name: str
+    memory: int  # bytes per device
+    flops16: float  # FLOP/s, dense bf16/fp16 matmul
+    flops32: float  # FLOP/s, dense fp32 matmul
+    memory_bandwidth: float  # bytes/s
+    link: str  # what connects the devices
+    link_bandwidth: float  # bytes/s per direction, per device
+    link_latency: float  # seconds one small all-reduce takes
+
+
+_NVLINK_LATENCY = 10e-6  # s: NCCL all-reduce of a decode-sized message inside an NVLink domain
+_PCIE_LATENCY = 25e-6  # s: the same through the PCIe root complex
+
+HARDWARE: dict[str, Hardware] = {h.name: h for h in (
+    Hardware("H100-80GB", 81559 * MiB, 989e12, 67e12, 3.35e12, "NVLink 4 (SXM5)", 450e9, _NVLINK_LATENCY),
+    Hardware("H100-PCIe", 81559 * MiB, 756e12, 51e12, 2.0e12, "PCIe Gen5 x16", 64e9, _PCIE_LATENCY),
+    Hardware("A100-80GB", 81920 * MiB, 312e12, 19.5e12, 2.039e12, "NVLink 3 (SXM4)", 300e9, _NVLINK_LATENCY),
+    Hardware("A100-40GB", 40960 * MiB, 312e12, 19.5e12, 1.555e12, "NVLink 3 (SXM4)", 300e9, _NVLINK_LATENCY),
+)}
+
+# Substrings of NVML device names -> preset; a GPU not listed gets no throughput estimate.
+_NVML_NAMES = (("H100 80GB HBM3", "H100-80GB"), ("H100 PCIe", "H100-PCIe"),
+               ("A100-SXM4-80GB", "A100-80GB"), ("A100-SXM4-40GB", "A100-40GB"))
+
+
+def hardware_for_gpu(nvml_name: str) -> Hardware | None:
+    return next((HARDWARE[p] for part, p in _NVML_NAMES if part in nvml_name), None)
+
+
+# Memory a worker holds before any weights; the planner leaves it out of the budget.
+RUNTIME_MEMORY = {"cuda": 1 * GiB,  # CUDA context, cuBLAS workspace, NCCL buffers
+                  "cpu": 272 * MiB}  # Python, torch, gloo, zmq: 256-268 MiB measured in loaded workers
+
+
+
+CPU_ALLREDUCE_LATENCY = 0.5e-3  # s: gloo, 2 processes, decode-sized tensor (measured here: 0.3-0.7 ms)
+CPU_LINK_BANDWIDTH = 2e9  # bytes/s: order of gloo over loopback; decode all-reduces are latency-bound
+
+
+def cpu_hardware(count: int, memory: int) -> Hardware:
+    """Figures for one of `count` CPU devices sharing this host's cores and memory bus."""
+    figures = cpu_figures()
+    cores = host_cores()
+    share = min(max(1, cores // count), cores / count) / figures.threads
+    return Hardware(f"CPU device ({figures.threads} threads measured)", memory,
+                    figures.flops16 * share, figures.flops32 * share,
+                    figures.copy_bandwidth * share, "gloo (loopback)",
+                    CPU_LINK_BANDWIDTH, CPU_ALLREDUCE_LATENCY)
+
+
+@dataclass(frozen=True)
+class CpuFigures:
+    threads: int  # torch threads used for the measurement
+    flops32: float  # FLOP/s, fp32 matmul
+    flops16: float  # FLOP/s, bf16 matmul
+    copy_bandwidth: float  # bytes/s read plus written by a large tensor copy
+
+
+@functools.cache
+def cpu_figures() -> CpuFigures:
+    """This host measured once per process (~0.6 s)."""
+    import torch  # only CPU planning pays for torch
+
+    n = 1024
+    a32 = torch.randn(n, n)
+    a16 = a32.bfloat16()
+    src = torch.empty(16 * MiB)  # 64 MiB of fp32: far beyond the caches
+    dst = torch.empty_like(src)
+    return CpuFigures(threads=torch.get_num_threads(),
+                      flops32=_rate(lambda: torch.mm(a32, a32), 2 * n ** 3, 0.3),
+                      flops16=_rate(lambda: torch.mm(a16, a16), 2 * n ** 3, 0.15),
+                      copy_bandwidth=_rate(lambda: dst.copy_(src), 2 * src.nbytes, 0.1))
+
+
+def _rate(work: Callable[[], object], amount: float, seconds: float) -> float:
+    """`amount` per call of `work`, per second, over about `seconds`."""
+    work()  # warm-up: the first call allocates and picks kernels
+    calls, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        work()
+        calls += 1
+    return calls * amount / elapsed

@@ -1,0 +1,411 @@
+"""Which (tp, dp) shapes a model fits in, and which one to use.
+
+Memory per device ~ weights / tp + KV cache (the seeds' rule), checked against the share
+of each device the model may use. Decode throughput is a roofline estimate: the slower of
+compute and memory traffic, plus two all-reduces per layer that nothing overlaps.
+Activations are left out: the engine profiles them at load time and takes them from the
+KV room, so the KV figures here are what profiling starts from.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mgpud.units import fmt_bytes
+
+from ..config import SUPPORTED_ARCHITECTURES, ModelConfig
+from ..exceptions import EngineError
+from ..hosts.hardware import RUNTIME_MEMORY, Hardware
+from .presets import MODEL_PRESETS, model_preset
+from .targets import DeviceSet, device_set
+
+DTYPES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}  # bytes per weight
+_DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16",
+                  "half": "fp16", "float8": "fp8"}
+MIN_GAIN = 0.10  # a larger tp must add this much decode throughput to count as an improvement
+
+
+class PlanError(EngineError):
+    """The plan cannot be made as asked: unknown model or dtype, or a knob out of range."""
+
+
+def normalize_dtype(name: str) -> str:
+    dtype = _DTYPE_ALIASES.get(name.lower(), name.lower())
+    if dtype not in DTYPES:
+        raise PlanError(f"dtype {name!r} unknown; use one of {', '.join(DTYPES)}")
+    return dtype
+
+
+def activation_bytes(dtype: str) -> int:  # bytes per value
+    # 8-bit checkpoints quantize the linear layers only: KV, embeddings and norms stay 16-bit.
+    return 4 if dtype == "fp32" else 2
+
+
+def kv_dtype(dtype: str) -> str:
+    return dtype if DTYPES[dtype] >= 2 else "bf16"
+
+
+# ---------------------------------------------------------------- formulas
+
+@dataclass(frozen=True)
+class ParamGroups:
+    linear: int  # attention and MLP/expert matrices: sharded tp ways, quantizable
+    sharded: int  # embeddings, LM head, biases: sharded tp ways, kept 16-bit
+    replicated: int  # norms and MoE routers: whole on every rank
+
+
+def param_groups(cfg: ModelConfig) -> ParamGroups:
+    h, layers = cfg.hidden_size, cfg.num_layers
+    q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    linear = layers * (h * (q + 2 * kv) + q * h + 3 * h * cfg.intermediate_size * max(1, cfg.num_experts))
+    replicated = (2 * layers + 1) * h + layers * h * cfg.num_experts
+    return ParamGroups(linear, cfg.param_count() - linear - replicated, replicated)
+
+
+def weight_bytes(cfg: ModelConfig, dtype: str, tp: int) -> int:  # bytes per device
+    g, wide = param_groups(cfg), activation_bytes(dtype)
+    return _ceil_div(g.linear * DTYPES[dtype], tp) + _ceil_div(g.sharded * wide, tp) + g.replicated * wide
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def kv_bytes_per_token(cfg: ModelConfig, dtype: str, tp: int) -> int:  # bytes per device
+    return cfg.kv_bytes_per_token(activation_bytes(dtype), tp)
+
+
+def allreduce_bytes_per_token(cfg: ModelConfig, dtype: str, tp: int) -> int:  # bytes each device sends
+    # Two all-reduces of a hidden-size vector per layer; a ring sends 2(tp-1)/tp of each.
+    message = cfg.hidden_size * activation_bytes(dtype)
+    return 2 * cfg.num_layers * 2 * (tp - 1) * message // tp
+
+
+@dataclass(frozen=True)
+class StepTime:
+    compute: float  # seconds
+    memory: float  # seconds
+    comm: float  # seconds
+
+    @property
+    def total(self) -> float:  # seconds
+        return max(self.compute, self.memory) + self.comm
+
+    @property
+    def bound(self) -> str:
+        if self.comm > max(self.compute, self.memory):
+            return "interconnect"
+        return "compute" if self.compute > self.memory else "memory"
+
+
+def decode_step(cfg: ModelConfig, hw: Hardware, dtype: str, tp: int, batch: int,
+                context: int) -> StepTime:
+    """One decode step of `batch` sequences holding `context` tokens each, on a tp-way replica."""
+    h, layers = cfg.hidden_size, cfg.num_layers
+    q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    per_layer = h * (q + 2 * kv) + q * h + 3 * h * cfg.intermediate_size * (cfg.experts_per_token or 1)
+    flop = 2 * (layers * per_layer + cfg.vocab_size * h) + 4 * context * q * layers  # per token
+    # 8-bit weights are dequantized into 16-bit matmuls (weight-only), so they run at 16-bit rates.
+    compute = batch * flop / tp / (hw.flops32 if dtype == "fp32" else hw.flops16)
+    weights = weight_bytes(cfg, dtype, tp) - _unread_expert_bytes(cfg, dtype, tp, batch)
+    memory = (weights + batch * context * kv_bytes_per_token(cfg, dtype, tp)) / hw.memory_bandwidth
+    comm = 0.0
+    if tp > 1:
+        ring = 2 * (tp - 1) / tp * batch * h * activation_bytes(dtype)
+        comm = 2 * layers * (hw.link_latency + ring / hw.link_bandwidth)
+    return StepTime(compute, memory, comm)
+
+
+def _unread_expert_bytes(cfg: ModelConfig, dtype: str, tp: int, batch: int) -> float:  # bytes
+    if not cfg.num_experts:
+        return 0.0
+    experts = cfg.num_layers * 3 * cfg.hidden_size * cfg.intermediate_size * cfg.num_experts
+    idle = (1 - cfg.experts_per_token / cfg.num_experts) ** batch  # chance no sequence picks an expert
+    return experts * DTYPES[dtype] / tp * idle
+
+
+def knee_tp(cfg: ModelConfig, hw: Hardware, dtype: str, tps: list[int], batch: int,
+            context: int) -> int:
+    """The tp past which the next valid tp adds less than MIN_GAIN decode throughput per replica."""
+    rates = [batch / decode_step(cfg, hw, dtype, tp, batch, context).total for tp in tps]
+    return next((tps[i] for i in range(len(tps) - 1) if rates[i + 1] < rates[i] * (1 + MIN_GAIN)),
+                tps[-1])
+
+
+# ---------------------------------------------------------------- plan
+
+@dataclass(frozen=True)
+class Shape:
+    tp: int
+    dp: int
+    fits: bool  # the weights and at least one max_model_len sequence fit on every device
+    why: str
+    weights_per_device: int  # bytes
+    kv_per_device: int  # bytes left for the KV cache on each device
+    kv_bytes_per_token: int  # bytes one token takes on each device
+    kv_tokens: int  # tokens one replica holds (whole blocks)
+    sequences: int  # max_model_len sequences one replica holds
+    allreduce_bytes_per_token: int  # bytes each device sends per generated token
+    allreduce_bytes_per_step: int  # the same for one decode step of `batch` sequences
+    batch: int  # sequences per replica in the estimate: min(concurrency, sequences)
+    tokens_per_s: float | None  # decode estimate, all replicas; None without hardware figures
+    bound: str | None  # what limits a decode step: "compute", "memory" or "interconnect"
+
+
+@dataclass
+class Plan:
+    model: str
+    architecture: str
+    params: int
+    devices: str
+    device_count: int
+    device_memory: int  # bytes per device
+    budget: int  # bytes per device for weights and KV: memory x utilization - runtime
+    dtype: str
+    kv_dtype: str
+    max_model_len: int  # tokens
+    concurrency: int  # sequences per replica the choice must hold at max_model_len
+    memory_utilization: float
+    block_size: int  # tokens per KV block
+    shapes: list[Shape]
+    impossible: dict[int, str]  # tp -> why no shape can use it
+    knee_tp: int | None  # diminishing-returns point; None without hardware figures
+    chosen: tuple[int, int] | None  # (tp, dp)
+    reasons: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def chosen_shape(self) -> Shape | None:
+        return next((s for s in self.shapes if (s.tp, s.dp) == self.chosen), None)
+
+    @property
+    def ok(self) -> bool:
+        shape = self.chosen_shape
+        return shape is not None and shape.fits
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["impossible"] = {str(tp): why for tp, why in self.impossible.items()}
+        return data
+
+
+@dataclass(frozen=True)
+class _Ask:
+    cfg: ModelConfig
+    hw: Hardware | None
+    dtype: str
+    budget: int  # bytes per device
+    length: int  # tokens
+    concurrency: int
+    block_size: int
+    batched_tokens: int  # the engine's max_num_batched_tokens: the profiled step
+    max_seqs: int  # the engine's max_num_seqs: rows of logits in that step
+    kv_cache_memory: int | None  # bytes per device when set explicitly (no profiling then)
+
+
+def plan(model: ModelConfig | str | Path, devices: DeviceSet | str | None = None, *,
+         dtype: str | None = None, max_model_len: int | None = None, concurrency: int = 16,
+         memory_utilization: float = 0.9, tp: int = 0, dp: int = 0, block_size: int = 16,
+         device_memory: int | None = None, max_num_seqs: int = 256,
+         max_num_batched_tokens: int = 2048, kv_cache_memory: int | None = None) -> Plan:
+    """Every (tp, dp) shape for `model` on `devices`, and the one to use.
+
+    model: a ModelConfig, a model directory, a config.json, or a preset name.
+    devices: a DeviceSet, a description ("8xH100-80GB", "cpu:4"), or a --devices value
+    to discover ("auto", "0,1"); None = auto. dtype: weights (fp32, bf16, fp16, fp8, int8);
+    None = bf16 on GPUs, fp32 on CPU. tp, dp: 0 = automatic.
+    device_memory: bytes per CPU device (default: a share of RAM).
+    kv_cache_memory: KV bytes per device, as a load with that setting would allocate.
+    """
+    _check_knobs(max_model_len, concurrency, memory_utilization, tp, dp, block_size)
+    cfg, label = load_model(model)
+    pool = devices if isinstance(devices, DeviceSet) else device_set(devices, device_memory)
+    wdtype = normalize_dtype(dtype or ("bf16" if pool.kind == "cuda" else "fp32"))
+    ask = _Ask(cfg, pool.hardware, wdtype, device_budget(pool, memory_utilization),
+               max_model_len or cfg.max_position_embeddings, concurrency, block_size,
+               max_num_batched_tokens, max_num_seqs, kv_cache_memory)
+    valid = cfg.valid_tp_degrees(pool.count)
+    shapes = [_shape(ask, t, d) for t in valid for d in range(1, pool.count // t + 1)]
+    knee = knee_tp(cfg, ask.hw, wdtype, valid, concurrency, ask.length // 2) if ask.hw else None
+    chosen, reasons = (_explicit(ask, shapes, pool.count, tp, dp) if tp
+                       else _auto(ask, shapes, pool, dp))
+    if chosen and knee and (text := _knee_reason(chosen[0], knee, valid)):
+        reasons.append(text)
+    return Plan(label, cfg.architecture, cfg.param_count(), pool.label, pool.count, pool.memory,
+                ask.budget, wdtype, kv_dtype(wdtype), ask.length, concurrency, memory_utilization,
+                block_size, shapes, _impossible(cfg, pool.count), knee, chosen, reasons,
+                list(pool.notes) + _notes(ask))
+
+
+def _check_knobs(max_model_len: int | None, concurrency: int, utilization: float, tp: int,
+                 dp: int, block_size: int) -> None:
+    problems = []
+    if max_model_len is not None and max_model_len < 1:
+        problems.append(f"max_model_len must be >= 1 (got {max_model_len})")
+    if concurrency < 1:
+        problems.append(f"concurrency must be >= 1 (got {concurrency})")
+    if not 0 < utilization <= 1:
+        problems.append(f"memory utilization must be in (0, 1] (got {utilization})")
+    if tp < 0 or dp < 0:
+        problems.append(f"tp and dp must be >= 0, 0 = automatic (got tp={tp}, dp={dp})")
+    if block_size < 1 or block_size & (block_size - 1):
+        problems.append(f"block size must be a power of two (got {block_size})")
+    if problems:
+        raise PlanError("; ".join(problems))
+
+
+def load_model(model: ModelConfig | str | Path) -> tuple[ModelConfig, str]:
+    """The config and a display name for a ModelConfig, directory, config.json or preset name."""
+    if isinstance(model, ModelConfig):
+        return model, model.architecture
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return ModelConfig.from_dir(path), path.resolve().name
+    if path.is_file():
+        return ModelConfig.from_dict(json.loads(path.read_text())), path.resolve().parent.name
+    preset = model_preset(str(model))
+    if preset is None:
+        raise PlanError(f"{model}: no such model directory or config.json, and no preset of that "
+                        f"name; presets: {', '.join(MODEL_PRESETS)}")
+    return preset, str(model)
+
+
+def device_budget(pool: DeviceSet, utilization: float) -> int:  # bytes for weights and KV per device
+    # Counted as the engine counts at load time: the utilization share of the whole device,
+    # less what other processes already hold on it and the runtime's own share.
+    return int(pool.memory * utilization) - pool.in_use - RUNTIME_MEMORY[pool.kind]
+
+
+# Measured peaks run ~2x the tensors a step keeps alive at once (allocator slack, attention
+# scratch); estimating high keeps the plan on the safe side of what the engine will find.
+_ACTIVATION_SLACK = 2
+
+
+def activation_peak_bytes(cfg: ModelConfig, dtype: str, tp: int, batched_tokens: int, max_seqs: int) -> int:
+    """Peak activation bytes of rank 0 in the engine's profile step (its largest step):
+    per-token intermediates of one layer, plus the logits gathered on rank 0."""
+    act = activation_bytes(dtype)
+    width = 6 * cfg.hidden_size + (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim // tp \
+        + 3 * cfg.intermediate_size // tp
+    rows = min(max_seqs, batched_tokens)
+    gathered = 1 / tp + (2 if tp > 1 else 0)  # the local slice, then every rank's parts and their concatenation
+    return int(batched_tokens * width * act * _ACTIVATION_SLACK + rows * cfg.vocab_size * 4 * gathered)
+
+
+def _shape(ask: _Ask, tp: int, dp: int) -> Shape:
+    weights = weight_bytes(ask.cfg, ask.dtype, tp)
+    per_token = kv_bytes_per_token(ask.cfg, ask.dtype, tp)
+    if ask.kv_cache_memory is not None:
+        room = ask.kv_cache_memory
+    else:
+        room = max(0, ask.budget - weights - activation_peak_bytes(
+            ask.cfg, ask.dtype, tp, ask.batched_tokens, ask.max_seqs))
+    tokens = room // (per_token * ask.block_size) * ask.block_size
+    sequences = tokens // (_ceil_div(ask.length, ask.block_size) * ask.block_size)
+    batch = min(ask.concurrency, sequences)
+    step = decode_step(ask.cfg, ask.hw, ask.dtype, tp, batch, ask.length // 2) if ask.hw and batch else None
+    rate = dp * batch / step.total if step else (0.0 if ask.hw else None)
+    per_token_ar = allreduce_bytes_per_token(ask.cfg, ask.dtype, tp)
+    # An explicit KV size is allocated as given: the engine then checks no memory budget.
+    weights_fit = ask.kv_cache_memory is not None or weights <= ask.budget
+    return Shape(tp, dp, weights_fit and sequences >= 1, _why(ask, weights, tokens, sequences),
+                 weights, room, per_token, tokens, sequences, per_token_ar, per_token_ar * batch, batch,
+                 rate, step.bound if step else None)
+
+
+def _why(ask: _Ask, weights: int, tokens: int, sequences: int) -> str:
+    if weights > ask.budget and ask.kv_cache_memory is None:
+        return f"weights {fmt_bytes(weights)} exceed the {fmt_bytes(ask.budget)} budget per device"
+    if sequences < 1:
+        return f"KV room holds {tokens} tokens, less than one {ask.length}-token sequence"
+    if sequences < ask.concurrency:
+        return f"holds {sequences} of the {ask.concurrency} sequences wanted at {ask.length} tokens"
+    return f"holds {sequences} sequences of {ask.length} tokens"
+
+
+def _explicit(ask: _Ask, shapes: list[Shape], count: int, tp: int,
+              dp: int) -> tuple[tuple[int, int] | None, list[str]]:
+    if ask.cfg.num_heads % tp or ask.cfg.num_kv_heads % tp:
+        return None, [f"tp={tp} is impossible: {_indivisible(ask.cfg, tp)}; valid TP degrees: "
+                      f"{', '.join(map(str, ask.cfg.valid_tp_degrees()))}"]
+    dp = dp or count // tp
+    if tp * max(dp, 1) > count:
+        return None, [f"tp={tp} x dp={max(dp, 1)} needs {tp * max(dp, 1)} devices; {count} available"]
+    shape = next(s for s in shapes if (s.tp, s.dp) == (tp, dp))
+    idle = count - tp * dp
+    reasons = [f"tp={tp}, dp={dp} as asked" + (f"; {_count(idle, 'device')} left idle" if idle else "")]
+    if not shape.fits:
+        reasons.append(f"it does not fit: {shape.why}")
+    return (tp, dp), reasons
+
+
+def _auto(ask: _Ask, shapes: list[Shape], pool: DeviceSet,
+          dp: int) -> tuple[tuple[int, int] | None, list[str]]:
+    limit = pool.count // dp if dp else pool.count
+    if limit < 1:
+        return None, [f"dp={dp} needs at least {_count(dp, 'device')}; {pool.count} available"]
+    singles = [s for s in shapes if s.dp == 1 and s.tp <= limit]
+    enough = next((s for s in singles if s.sequences >= ask.concurrency), None)
+    pick = enough or next((s for s in singles if s.fits), None)
+    reasons = [f"tp={s.tp}: {s.why}" for s in singles if pick is None or s.tp < pick.tp]
+    if pick is None:
+        return None, reasons + [f"nothing fits on {pool.label}: use more devices, fp8/int8 weights, "
+                                "or a lower --max-model-len"]
+    if enough:
+        need = ask.concurrency * ask.length * pick.kv_bytes_per_token
+        reasons.append(f"tp={pick.tp} is the smallest TP that holds the weights "
+                       f"({fmt_bytes(pick.weights_per_device)}) and KV for {ask.concurrency} sequences "
+                       f"of {ask.length} tokens ({fmt_bytes(need)} of {fmt_bytes(pick.kv_per_device)}) "
+                       "per device")
+    else:
+        reasons.append(f"no TP up to {limit} holds {ask.concurrency} sequences of {ask.length} tokens; "
+                       f"tp={pick.tp} is the smallest that fits, holding {pick.sequences}: lower "
+                       "--max-model-len or the concurrency, or use fp8/int8 weights")
+    replicas = dp or pool.count // pick.tp
+    idle = pool.count - replicas * pick.tp
+    reasons.append(f"dp={replicas}: " + (f"{_count(pool.count, 'device')} // tp={pick.tp}" if not dp
+                                         else "as asked")
+                   + (f"; {_count(idle, 'device')} left idle" if idle else ""))
+    return (pick.tp, replicas), reasons
+
+
+def _knee_reason(tp: int, knee: int, valid: list[int]) -> str | None:
+    if len(valid) == 1:
+        return None
+    if knee == valid[-1]:
+        return (f"the decode estimate keeps improving up to tp={knee}, the largest TP these "
+                "devices allow: no diminishing-returns point below it")
+    after = valid[valid.index(knee) + 1]
+    reason = (f"diminishing returns past tp={knee}: tp={after} adds less than {MIN_GAIN:.0%} "
+              "decode throughput per replica")
+    return reason + (f"; tp={tp} is past it, its devices would serve more as replicas" if tp > knee else "")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _indivisible(cfg: ModelConfig, tp: int) -> str:
+    parts = [f"{n} {what}" for n, what in ((cfg.num_heads, "attention heads"),
+                                           (cfg.num_kv_heads, "KV heads")) if n % tp]
+    return f"each rank holds whole heads, and {' and '.join(parts)} cannot be split {tp} ways"
+
+
+def _impossible(cfg: ModelConfig, count: int) -> dict[int, str]:
+    return {tp: _indivisible(cfg, tp) for tp in range(2, count + 1)
+            if cfg.num_heads % tp or cfg.num_kv_heads % tp}
+
+
+def _notes(ask: _Ask) -> list[str]:
+    notes = [f"KV room is the explicit {fmt_bytes(ask.kv_cache_memory)} per device" if ask.kv_cache_memory
+             is not None else "KV room is after an estimate of activations; the engine measures them at "
+             "load time and sizes the KV cache from that"]
+    if ask.cfg.architecture not in SUPPORTED_ARCHITECTURES:
+        notes.append(f"{ask.cfg.architecture}: a plan only; this engine does not serve it yet")
+    if ask.hw:
+        notes.append(f"tok/s: decode estimate on {ask.hw.name} with batch = min(concurrency, "
+                     f"sequences) per replica, each sequence {ask.length // 2} tokens in")
+    return notes

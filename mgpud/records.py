@@ -1,0 +1,223 @@
+"""The figures that cross process and layer boundaries, declared once.
+
+Rank 0 counts `RankFigures`; a replica adds its identity and memory (`ReplicaFigures`); a
+model group sums them (`ModelFigures`); the daemon wraps a group in a `ModelRecord`,
+describes each device in a `Device` and itself in a `DaemonSummary`. The engine fills
+them, the daemon sends them as maps (`to_wire`), the CLI and the dashboard read them back
+(`from_wire`). Field names are the keys of the control protocol's replies
+(docs/protocol.md). A leaf module: plain data, importable by every layer without torch
+or sockets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, TypeVar
+
+R = TypeVar("R")
+
+
+@dataclass
+class RankFigures:
+    """What rank 0 of a replica counts: gauges now, and counters since it started."""
+
+    running: int = 0  # sequences in the batch
+    waiting: int = 0  # sequences queued for admission
+    kv_blocks_used: int = 0
+    kv_blocks_total: int = 0
+    peak_running: int = 0  # the most sequences ever running at once
+    # counters: prompts whose first blocks were looked up / found in the prefix cache
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
+    # counters: sequences preempted (recomputed later), tokens in and out, engine steps
+    preemptions: int = 0
+    prompt_tokens_total: int = 0
+    generation_tokens_total: int = 0
+    steps_total: int = 0
+    # seconds in steps, and in the model's forward passes within them (the rest: overhead)
+    step_seconds_total: float = 0.0
+    forward_seconds_total: float = 0.0
+
+    @property
+    def kv_headroom(self) -> float | None:  # fraction of KV blocks free
+        return 1.0 - self.kv_blocks_used / self.kv_blocks_total if self.kv_blocks_total else None
+
+
+GAUGES = ("running", "waiting", "kv_blocks_used", "kv_blocks_total")  # a group's are its replicas' sum
+COUNTERS = tuple(f.name for f in dataclasses.fields(RankFigures) if f.name not in GAUGES + ("peak_running",))
+
+
+LATENCIES = ("ttft", "tpot", "e2e", "queue")  # time to first token, per output token, end to end, queued
+PERCENTILES = (50, 95, 99)
+
+
+# Throughput over the last seconds, and each latency's percentiles (ms) over recent
+# requests (ttft_p50_ms ... queue_p99_ms; None until a request has finished).
+RequestFigures = dataclasses.make_dataclass("RequestFigures", [
+    ("tokens_per_s_1s", float, 0.0), ("tokens_per_s_10s", float, 0.0),
+    ("requests_finished", int, 0), ("requests_failed", int, 0),
+    *((f"{name}_p{q}_ms", float | None, None) for name in LATENCIES for q in PERCENTILES)])
+
+
+@dataclass
+class ReplicaFigures(RequestFigures, RankFigures):
+    index: int = 0
+    state: str = "starting"  # starting, ready, draining, failed, restarting, stopped
+    devices: list[str] = field(default_factory=list)
+    tp: int = 1
+    pids: list[int] = field(default_factory=list)  # one per rank, once loaded
+    inflight: int = 0
+    error: str | None = None
+    num_kv_blocks: int | None = None
+    block_size: int | None = None
+    dtype: str | None = None
+    max_model_len: int | None = None
+    kv_bytes_per_rank: int | None = None
+    weight_bytes_per_rank: list[int] = field(default_factory=list)
+    peak_activation_bytes_per_rank: list[int] = field(default_factory=list)
+
+
+@dataclass
+class ModelFigures(RequestFigures, RankFigures):
+    """A model group: totals over its replicas (counters include replicas now gone)."""
+
+    name: str = ""
+    tp: int = 1
+    dp: int = 0
+    state: str = "ready"  # ready, degraded, failed, reconfiguring
+    max_model_len: int | None = None
+    held: int = 0  # requests waiting in the group for a replica of the new shape
+    replicas: list[ReplicaFigures] = field(default_factory=list)
+
+
+@dataclass
+class LoadProgress:
+    """How far a load or reshape is: bytes and tensors of the weights read, or a message."""
+
+    phase: str  # prepare, load, profile, ready
+    bytes_done: int = 0
+    bytes_total: int = 0
+    tensors_done: int = 0
+    tensors_total: int = 0
+    message: str = ""
+
+
+@dataclass
+class DaemonSummary:
+    """The daemon itself, as `status`, `metrics` and the telemetry open with."""
+
+    version: str
+    protocol: int
+    pid: int
+    state: str  # starting, loading, running, stopping
+    started_at: float  # time.time()
+    uptime_s: float
+    generations_running: int
+
+
+@dataclass
+class ModelRecord:
+    """A model on the daemon, as the `models` operation describes it."""
+
+    name: str
+    model: str  # what it was loaded from: a directory, or "demo"
+    state: str  # loading, ready, degraded, failed, reconfiguring, unloading
+    tp: int
+    dp: int
+    devices: list[str] = field(default_factory=list)
+    error: str | None = None
+    progress: LoadProgress | None = None  # while loading or reconfiguring
+    reasons: list[str] = field(default_factory=list)  # why this shape, when the planner chose it
+    loaded_at: float | None = None  # time.time()
+    stats: ModelFigures | None = None  # once the engine group exists
+
+
+@dataclass
+class DeviceProcess:
+    pid: int
+    name: str
+    memory: int | None  # bytes; None when the driver does not say (e.g. inside some containers)
+
+
+@dataclass
+class MemorySplit:
+    """One device's memory by what holds it (bytes)."""
+
+    weights: int
+    kv_allocated: int  # reserved for the KV cache
+    kv_used: int  # of it, holding live tokens
+    activations: int
+    other: int  # beyond the engine's accounting: CUDA context, runtime, other processes
+    free: int
+
+
+@dataclass
+class Device:
+    """One device: identity, latest readings (None: unknown, reason in `unavailable`), and
+    in the daemon's replies the model, replica and rank on it and its memory split."""
+
+    id: str  # "cuda:0" / "cpu:0": where the engine places tensors
+    index: int  # the ordinal in `id`
+    kind: str  # "cuda" | "cpu"
+    name: str
+    uuid: str | None = None
+    nvml_index: int | None = None  # NVML's index; differs from `index` under CUDA_VISIBLE_DEVICES
+    threads: int | None = None  # CPU devices: torch threads for the worker
+    memory_total: int | None = None  # bytes (CPU: the configured capacity)
+    memory_used: int | None = None  # bytes (CPU: RSS of the device's workers)
+    memory_free: int | None = None  # bytes
+    utilization: float | None = None  # percent
+    temperature: float | None = None  # degrees Celsius
+    power: float | None = None  # watts
+    processes: list[DeviceProcess] = field(default_factory=list)
+    error: str | None = None  # why nothing can be read from this device
+    unavailable: dict[str, str] = field(default_factory=dict)  # reading -> why it is None
+    model: str | None = None
+    replica: int | None = None
+    rank: int | None = None
+    memory: MemorySplit | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.error is None
+
+
+def to_wire(record: Any) -> dict[str, Any]:
+    """A record as the map the protocol sends."""
+    return dataclasses.asdict(record)
+
+
+def from_wire(cls: type[R], data: dict[str, Any]) -> R:
+    """A record read from a reply, leniently: keys this version does not know are left out,
+    missing ones take their defaults (an older or newer daemon must not break a client)."""
+    hints = _hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in data:
+            values[f.name] = _value(hints[f.name], data[f.name])
+    return cls(**values)
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _value(hint: Any, value: Any) -> Any:
+    """Nested records (possibly optional, or in a list) read from their maps."""
+    origin = typing.get_origin(hint)
+    if value is None:
+        return None
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return [from_wire(item, v) for v in value] if dataclasses.is_dataclass(item) else list(value)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _value(inner[0], value) if len(inner) == 1 else value
+    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        return from_wire(hint, value)
+    return value
