@@ -51,7 +51,8 @@ async def version(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
 @handler
 async def status(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
     """status {} -> the daemon summary (version, protocol, pid, state, started_at, uptime_s,
-    generations_running), its paths, a device count and one line per model."""
+    generations_running), its paths, the HTTP API's URL (null when off), a device count
+    and one line per model."""
     return {
         **d.summary(),
         "runtime_dir": str(d.runtime_dir),
@@ -59,6 +60,7 @@ async def status(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
         "events_socket": str(d.events_path),
         "state_file": str(d.store.path),
         "config_file": str(d.config.config_path) if d.config.config_path else None,
+        "http": d.http.url if d.http else None,
         "devices": {"total": len(d.models.inventory), "free": len(d.models.pool.free),
                     "kinds": sorted({dev.kind for dev in d.models.inventory})},
         "models": [{k: wire[k] for k in ("name", "state", "tp", "dp", "devices", "error", "progress")}

@@ -15,7 +15,7 @@ import signal
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 import zmq.asyncio
@@ -35,6 +35,9 @@ from .notify import Notifier, watchdog_interval
 from .settings import ConfigError, DaemonConfig, load_config, state_dir
 from .statefile import StateStore
 from .telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from .web.listener import Listener
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,7 @@ class Daemon:
         self.stop_timeout = config.shutdown_timeout
         self._stopped: asyncio.Event | None = None
         self._lock_fd: int | None = None
+        self.http: Listener | None = None  # the HTTP API, unless configured off
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -81,6 +85,7 @@ class Daemon:
         try:
             await self._take_runtime_dir()
             self._open_sockets()
+            self.http = self._listen_http()
         except StartError as exc:
             log.error("%s", exc)
             return 1
@@ -100,6 +105,9 @@ class Daemon:
         async with AsyncClient(self.runtime_dir, timeout=10.0) as client:
             await client.call("ping")  # the socket answers: clients can connect from now on
         log.info("listening on %s (events on %s)", self.control_path, self.events_path)
+        if self.http is not None:
+            self.http.start()
+            log.info("HTTP API on %s%s", self.http.url, " (API key required)" if self.config.api_key else "")
         await self._start_models()
         if not self._stopped.is_set():
             self.phase = "running"
@@ -146,6 +154,8 @@ class Daemon:
     async def _shutdown(self) -> None:
         log.info("stopping: giving running generations %.0f s", self.stop_timeout)
         await self.models.shutdown(self.stop_timeout)
+        if self.http is not None:
+            await self.http.stop()
         # Requests still in flight are answered (shutting_down) before the sockets close.
         pending = [t for t in self._tasks if t.get_name().startswith("request")]
         if pending:
@@ -163,7 +173,7 @@ class Daemon:
         except ConfigError as exc:
             log.error("reload failed, keeping the current configuration: %s", exc)
         else:
-            for key in ("runtime_dir", "state_dir", "devices", "device_memory"):
+            for key in ("runtime_dir", "state_dir", "devices", "device_memory", "http"):
                 if getattr(fresh, key) != getattr(self.config, key):
                     log.warning("reload: %s changed; it takes effect at the next restart", key)
                     setattr(fresh, key, getattr(self.config, key))
@@ -178,6 +188,19 @@ class Daemon:
             self.notifier.ready(self.status_line())
 
     # -- runtime directory and sockets ----------------------------------------------------
+
+    def _listen_http(self) -> Listener | None:
+        """Bind the HTTP API's address now (a taken port stops the start); served once the
+        control socket answers."""
+        if self.config.http is None:
+            return None
+        from .web.app import build_app
+        from .web.listener import Listener
+
+        try:
+            return Listener(build_app(self), *self.config.http)
+        except OSError as exc:
+            raise StartError(exc.strerror or str(exc)) from None
 
     async def _take_runtime_dir(self) -> None:
         if len(str(self.control_path).encode()) > SUN_PATH_MAX:

@@ -8,6 +8,8 @@ device_memory = "4GiB"              # per CPU virtual device
 log_level = "info"
 shutdown_timeout = 30               # seconds in-flight generations get on SIGTERM
 telemetry_interval = 0.5            # seconds between telemetry messages
+http = "127.0.0.1:8000"             # the OpenAI-compatible HTTP API; "off" disables it
+api_key = "..."                     # HTTP clients must send it as a Bearer token; or $MGPUD_API_KEY
 
 [engine]                            # defaults for every load (the load operation's names)
 memory_utilization = 0.9
@@ -33,6 +35,7 @@ from mgpud.ipc.schema import BadRequest, check_args
 from mgpud.units import parse_size
 
 DEFAULT_CONFIG = Path("/etc/mgpud/mgpud.toml")
+DEFAULT_HTTP = ("127.0.0.1", 8000)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # The load arguments a config may default for every model.
 ENGINE_DEFAULT_KEYS = ("max_model_len", "max_num_seqs", "max_num_batched_tokens",
@@ -52,6 +55,8 @@ class DaemonConfig:
     log_level: str = "info"
     shutdown_timeout: float = 30.0  # seconds
     telemetry_interval: float = 0.5  # seconds
+    http: tuple[str, int] | None = DEFAULT_HTTP  # (host, port) of the HTTP API; None: off
+    api_key: str | None = None  # what HTTP clients must send as a Bearer token
     engine: dict[str, Any] = field(default_factory=dict)
     models: list[dict[str, Any]] = field(default_factory=list)
     # Where it came from, so that SIGHUP can read it again with the same flags on top.
@@ -78,9 +83,22 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     for key, value in {**raw, **overrides}.items():
         if key in _SCALARS:
             setattr(cfg, key, _scalar(where, key, value))
+    if cfg.api_key is None and os.environ.get("MGPUD_API_KEY"):
+        cfg.api_key = os.environ["MGPUD_API_KEY"]
     cfg.engine = _engine_defaults(where, raw.get("engine", {}))
     cfg.models = _models(where, raw.get("models", []))
     return cfg
+
+
+def parse_listen(text: str) -> tuple[str, int] | None:
+    """ "HOST:PORT" ("[::1]:8000" for IPv6), or "off" -> None. Raises ValueError."""
+    if text.strip().lower() == "off":
+        return None
+    host, sep, port = text.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:8000, 0.0.0.0:8000, [::1]:8000) or off")
+    return host, int(port)
 
 
 def state_dir(cfg: DaemonConfig) -> Path:
@@ -114,6 +132,12 @@ def _convert(key: str, value: Any) -> Any:
     if key in ("runtime_dir", "state_dir"):
         return Path(str(value))
     if key == "devices":
+        return str(value)
+    if key == "http":
+        return parse_listen(str(value))
+    if key == "api_key":
+        if not str(value):
+            raise ValueError("must not be empty (leave it out to accept every client)")
         return str(value)
     if key == "device_memory":
         return parse_size(value)

@@ -18,16 +18,17 @@ from mgpud.ipc import Client, DaemonUnavailable
 
 class DaemonProcess:
     """`with DaemonProcess() as d: d.client().call("status")`. The runtime directory is
-    short (under /tmp) because a Unix socket path holds at most 107 bytes."""
+    short (under /tmp) because a Unix socket path holds at most 107 bytes. The HTTP API
+    is off unless `http` gives an address ("127.0.0.1:0": a free port, see `http_url`)."""
 
     def __init__(self, *args: str, devices: str = "cpu:2", state_dir: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, http: str = "off") -> None:
         self.root = Path(tempfile.mkdtemp(prefix="mgpud-"))
         self.runtime_dir = self.root / "run"
         self.state_dir = state_dir or self.root / "state"
         self.log_path = self.root / "daemon.log"
         self.args = ["--runtime-dir", str(self.runtime_dir), "--state-dir", str(self.state_dir),
-                     "--devices", devices, "--log-level", "debug", *args]
+                     "--devices", devices, "--log-level", "debug", "--http", http, *args]
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -63,6 +64,11 @@ class DaemonProcess:
 
     def client(self, timeout: float = 10.0) -> Client:
         return Client(self.runtime_dir, timeout=timeout)
+
+    @property
+    def http_url(self) -> str:
+        """The HTTP API's base URL, as the daemon reports it (its port when asked for 0)."""
+        return self.call("status")["http"]
 
     def call(self, op: str, /, **args: Any) -> dict[str, Any]:
         with self.client() as client:

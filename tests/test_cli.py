@@ -37,7 +37,7 @@ class Daemon:
         self.log = root / "daemon.log"
         cmd = [sys.executable, "-m", "mgpud.cli", "serve", "--runtime-dir", str(self.runtime_dir),
                "--state-dir", str(root / "state"), "--devices", "cpu:2", "--device-memory", "1GiB",
-               "--log-level", "debug"]
+               "--log-level", "debug", "--http", "off"]
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
