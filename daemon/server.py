@@ -32,6 +32,7 @@ from .generation import Call
 from .handlers import HANDLERS
 from .manager import ModelManager
 from .notify import Notifier, watchdog_interval
+from .peers import Peers
 from .settings import ConfigError, DaemonConfig, load_config, state_dir
 from .statefile import StateStore
 from .telemetry import Telemetry
@@ -100,6 +101,7 @@ class Daemon:
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         receiver = self.spawn(self._receive())
+        self.spawn(self.peers.watch())
         self.spawn(self._publish_telemetry())
         self.spawn(self._watchdog(receiver))
         async with AsyncClient(self.runtime_dir, timeout=10.0) as client:
@@ -248,6 +250,7 @@ class Daemon:
         self.control.setsockopt(zmq.LINGER, 1000)
         self.events = self.ctx.socket(zmq.PUB)
         self.events.setsockopt(zmq.LINGER, 0)
+        self.peers = Peers(self.control, self._client_gone)
         try:
             self.control.bind(paths.endpoint(self.control_path))
             self.events.bind(paths.endpoint(self.events_path))
@@ -256,6 +259,7 @@ class Daemon:
             raise StartError(f"cannot listen in {self.runtime_dir}: {exc}") from None
 
     def _close_sockets(self) -> None:
+        self.peers.close()
         self.control.close()
         self.events.close()
         self.ctx.term()
@@ -268,9 +272,10 @@ class Daemon:
 
     async def _receive(self) -> None:
         while True:
-            frames = await self.control.recv_multipart()
+            message = await self.control.recv_multipart(copy=False)
             try:
-                self._dispatch(frames)
+                self.peers.seen(message[0].bytes, message[-1])
+                self._dispatch([frame.bytes for frame in message])
             except Exception:  # a bug here must cost one message, never the loop
                 log.exception("dispatching a message failed")
                 self.counters[f"error:{INTERNAL}"] += 1
@@ -293,6 +298,11 @@ class Daemon:
         call = Call(envelope[0], req.op, lambda data: self.send(envelope, framing.frame(req.id, data)))
         self.calls[key] = call
         self.spawn(self._answer(envelope, key, req, call), name=f"request {req.op}")
+
+    def _client_gone(self, client: bytes) -> None:
+        for (who, _), call in list(self.calls.items()):
+            if who == client:
+                call.cancel()
 
     def _refuse(self, envelope: list[bytes], exc: BadRequest) -> None:
         self.counters["malformed"] += 1

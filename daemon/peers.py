@@ -1,0 +1,42 @@
+"""Noticing that a control-socket client went away (its process killed, its socket closed)
+so that its running requests are cancelled at once rather than generating for nobody.
+
+ZeroMQ hides connections behind identities, so two facts are joined: each message says
+which file descriptor it came through (ZMQ_SRCFD), and the socket monitor says which
+descriptor closed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
+
+log = logging.getLogger(__name__)
+
+
+class Peers:
+    def __init__(self, control: zmq.asyncio.Socket, on_gone: Callable[[bytes], None]) -> None:
+        self._fds: dict[bytes, int] = {}  # client identity -> the descriptor it last wrote from
+        self._on_gone = on_gone
+        self._monitor = control.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+
+    def seen(self, identity: bytes, message: zmq.Frame) -> None:
+        """Remember the connection `message` (received with copy=False) came through."""
+        self._fds[identity] = message.get(zmq.SRCFD)
+
+    async def watch(self) -> None:
+        """Forever: a connection closed -> its clients' requests are cancelled."""
+        while True:
+            event = parse_monitor_message(await self._monitor.recv_multipart())
+            gone = [who for who, fd in self._fds.items() if fd == event["value"]]
+            for who in gone:
+                del self._fds[who]
+                log.debug("client %s went away; cancelling its requests", who.hex())
+                self._on_gone(who)
+
+    def close(self) -> None:
+        self._monitor.close(linger=0)
