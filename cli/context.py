@@ -17,6 +17,8 @@ from click.shell_completion import CompletionItem
 from mgpud.ipc import Client
 from mgpud.ipc.client import DEFAULT_TIMEOUT
 
+from .output import emit_json
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -28,6 +30,20 @@ class Settings:
 
     def client(self) -> Client:
         return Client(self.runtime_dir, timeout=self.timeout)
+
+    def answer(self, op: str, words: Callable[[dict[str, Any]], str], **args: Any) -> None:
+        """Call `op` on the daemon and print its reply (see `say`)."""
+        with self.client() as client:
+            reply = client.call(op, **args)
+        self.say(reply, words)
+
+    def say(self, reply: dict[str, Any], words: Callable[[dict[str, Any]], str]) -> None:
+        """Print a reply: with --json exactly as the daemon sent it (scripts rely on its
+        shape, so it is never read into records first), else as `words` puts it."""
+        if self.json:
+            emit_json(reply)
+        else:
+            click.echo(words(reply))
 
 
 pass_settings = click.make_pass_decorator(Settings, ensure=True)

@@ -6,10 +6,11 @@ from typing import Any
 
 import click
 
+from mgpud.records import Device, MemorySplit, from_wire
 from mgpud.units import fmt_bytes
 
 from .context import Settings, global_options, pass_settings
-from .output import bar, emit_json, fmt_optional, table, unicode_ok
+from .output import bar, fmt_optional, table, unicode_ok
 
 HEADERS = ("DEVICE", "NAME", "MEMORY", "USED", "WEIGHTS", "KV (IN USE)", "ACT+OTHER", "FREE",
            "UTIL", "TEMP", "POWER", "MODEL")
@@ -31,30 +32,34 @@ def devices_command(settings: Settings) -> None:
       mgpud devices
       mgpud gpus --json | jq '.devices[] | {id, free: .memory.free}'
     """
-    with settings.client() as client:
-        result = client.call("devices")
-    if settings.json:
-        emit_json(result)
-        return
-    click.echo(table(HEADERS, [_row(d) for d in result["devices"]], RIGHT))
+    settings.answer("devices", format_devices)
+
+
+def format_devices(reply: dict[str, Any]) -> str:
+    """The table, then what the bar's glyphs stand for."""
+    rows = [_row(from_wire(Device, d)) for d in reply["devices"]]
     names = ("weights", "KV in use", "KV reserved", "activations+other", "free")
-    click.echo("\n" + "  ".join(f"{g} {n}" for g, n in zip(GLYPHS[unicode_ok()], names)))
+    legend = "  ".join(f"{g} {n}" for g, n in zip(GLYPHS[unicode_ok()], names))
+    return f"{table(HEADERS, rows, RIGHT)}\n\n{legend}"
 
 
-def _row(d: dict[str, Any]) -> list[str]:
-    owner = f"{d['model']} replica {d['replica']} rank {d['rank']}" if d.get("model") else "-"
-    readings = [fmt_optional(d.get("utilization"), "%"), fmt_optional(d.get("temperature"), "°C"),
-                fmt_optional(d.get("power"), " W")]
-    m, total = d.get("memory"), d.get("memory_total")
-    if d.get("error") or not m or not total:
-        why = d.get("error") or "memory unreadable"
-        return [d["id"], d["name"], click.style(why, fg="red"), "-", "-", "-", "-", "-", *readings, owner]
-    other = m["activations"] + m["other"]
-    parts = (m["weights"], m["kv_used"], m["kv_allocated"] - m["kv_used"], other, m["free"])
+def _row(d: Device) -> list[str]:
+    owner = f"{d.model} replica {d.replica} rank {d.rank}" if d.model else "-"
+    readings = [fmt_optional(d.utilization, "%"), fmt_optional(d.temperature, "°C"), fmt_optional(d.power, " W")]
+    if d.error or not d.memory or not d.memory_total:
+        why = d.error or "memory unreadable"
+        return [d.id, d.name, click.style(why, fg="red"), "-", "-", "-", "-", "-", *readings, owner]
+    return [d.id, d.name, *_memory_cells(d.memory, d.memory_total), *readings, owner]
+
+
+def _memory_cells(m: MemorySplit, total: int) -> list[str]:
+    """The bar, used / total, weights, KV allocated (share in use), activations+other, free."""
+    other = m.activations + m.other
+    parts = (m.weights, m.kv_used, m.kv_allocated - m.kv_used, other, m.free)
     cells = bar([(p / total, g, c) for p, g, c in zip(parts, GLYPHS[unicode_ok()], COLOURS)])
-    kv = f"{fmt_bytes(m['kv_allocated'])} ({_percent(m['kv_used'], m['kv_allocated'])})"
-    return [d["id"], d["name"], f"[{cells}]", f"{fmt_bytes(total - m['free'])} / {fmt_bytes(total)}",
-            fmt_bytes(m["weights"]), kv, fmt_bytes(other), fmt_bytes(m["free"]), *readings, owner]
+    kv = f"{fmt_bytes(m.kv_allocated)} ({_percent(m.kv_used, m.kv_allocated)})"
+    return [f"[{cells}]", f"{fmt_bytes(total - m.free)} / {fmt_bytes(total)}", fmt_bytes(m.weights), kv,
+            fmt_bytes(other), fmt_bytes(m.free)]
 
 
 def _percent(part: int, whole: int) -> str:

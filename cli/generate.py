@@ -13,7 +13,7 @@ from mgpud.ipc.schema import SAMPLING_KEYS
 
 from .context import Settings, complete_model_names, global_options, pass_settings
 from .exits import INTERRUPTED, note
-from .output import emit_json, fmt_ms, fmt_rate
+from .output import fmt_ms, fmt_rate
 from .params import F, schema_argument, schema_option
 
 # The command line's words for the sampling options: defaults the user cannot see in the schema.
@@ -103,10 +103,8 @@ def generate(settings: Settings, name: str, prompt: str, no_stream: bool, **opti
     show = (lambda _text: None) if settings.json or no_stream else echo_now
     with settings.client() as client:
         result, interrupted = stream_generation(client, args, show)
-    if settings.json:
-        emit_json(result)
-    else:
-        click.echo(result["text"] if no_stream else "")
+    settings.say(result, lambda r: r["text"] if no_stream else "")  # streamed: end its line
+    if not settings.json:
         note(summary(result))
     if interrupted:
         click.get_current_context().exit(INTERRUPTED)

@@ -9,10 +9,11 @@ from typing import Any
 import click
 
 from mgpud.ipc.schema import ENGINE_LIMIT_KEYS
+from mgpud.records import ModelRecord, ReplicaFigures, from_wire
 from mgpud.units import fmt_bytes
 
 from .context import Settings, complete_model_names, global_options, pass_settings
-from .output import emit_json, state
+from .output import state
 from .params import SIZE, F, schema_argument, schema_option
 from .progress import ProgressView, follow
 
@@ -66,12 +67,12 @@ def load(settings: Settings, model: str, name: str | None, tp: int, dp: int, dev
         stream = client.stream("load", **args)
         view = ProgressView(f"loading {label}", for_script=settings.json)
         result = follow(stream, view, f"the daemon keeps loading {label}; follow it with `mgpud ps`")
-    if settings.json:
-        emit_json(result)
-    elif no_wait:
-        click.echo(format_background(result))
-    else:
-        click.echo(format_loaded(result, time.monotonic() - start))
+    took = time.monotonic() - start
+
+    def words(reply: dict[str, Any]) -> str:
+        m = from_wire(ModelRecord, reply)
+        return format_background(m) if no_wait else format_loaded(m, took)
+    settings.say(result, words)
 
 
 def _model_path(model: str) -> str:
@@ -80,35 +81,39 @@ def _model_path(model: str) -> str:
     return str(path.resolve()) if model != "demo" and path.exists() else model
 
 
-def format_loaded(m: dict[str, Any], seconds: float) -> str:
-    stats = m.get("stats") or {}
-    length = stats.get("max_model_len")
-    lines = [f"{m['name']} {state(m['state'])} in {seconds:.1f} s: {_shape(m)}"
+def format_loaded(m: ModelRecord, seconds: float) -> str:
+    length = m.stats.max_model_len if m.stats else None
+    lines = [f"{m.name} {state(m.state)} in {seconds:.1f} s: {_shape(m)}"
              + (f", max_model_len {length:,}" if length else "")]
-    lines += [_replica_line(r, length) for r in stats.get("replicas", [])]
-    return "\n".join(lines + _reasons(m))
+    return "\n".join(lines + _replica_lines(m) + _reasons(m))
 
 
-def _replica_line(r: dict[str, Any], max_model_len: int | None) -> str:
+def _replica_lines(m: ModelRecord) -> list[str]:
+    stats = m.stats
+    return [_replica_line(r, stats.max_model_len) for r in stats.replicas] if stats else []
+
+
+def _replica_line(r: ReplicaFigures, max_model_len: int | None) -> str:
     """What one replica holds: its devices, weights and KV cache per rank, KV capacity."""
-    capacity = f"{r['num_kv_blocks']:,} blocks"
-    if r.get("block_size"):
-        tokens = r["num_kv_blocks"] * r["block_size"]
+    blocks = r.num_kv_blocks or 0
+    capacity = f"{blocks:,} blocks"
+    if blocks and r.block_size:
+        tokens = blocks * r.block_size
         capacity = f"{tokens:,} tokens"
         if max_model_len:
             capacity += f", {tokens // max_model_len:,} sequences of {max_model_len:,}"
-    return (f"  replica {r['index']} on {','.join(r['devices'])}: weights {_per_rank(r['weight_bytes_per_rank'])}, "
-            f"KV cache {fmt_bytes(r['kv_bytes_per_rank'])} per rank = {capacity}")
+    return (f"  replica {r.index} on {','.join(r.devices)}: weights {_per_rank(r.weight_bytes_per_rank)}, "
+            f"KV cache {fmt_bytes(r.kv_bytes_per_rank)} per rank = {capacity}")
 
 
-def format_background(m: dict[str, Any]) -> str:
-    lines = [f"loading {m['name']} in the background: {_shape(m)}; follow it with `mgpud ps`"]
+def format_background(m: ModelRecord) -> str:
+    lines = [f"loading {m.name} in the background: {_shape(m)}; follow it with `mgpud ps`"]
     return "\n".join(lines + _reasons(m))
 
 
-def _shape(m: dict[str, Any]) -> str:
-    where = f" on {', '.join(m['devices'])}" if m["devices"] else ""  # none yet early in a background load
-    return f"tp={m['tp']} x dp={m['dp']}{where}"
+def _shape(m: ModelRecord) -> str:
+    where = f" on {', '.join(m.devices)}" if m.devices else ""  # none yet early in a background load
+    return f"tp={m.tp} x dp={m.dp}{where}"
 
 
 def _per_rank(sizes: list[int]) -> str:
@@ -117,10 +122,8 @@ def _per_rank(sizes: list[int]) -> str:
     return "/".join(map(fmt_bytes, sizes)) + " on its ranks"
 
 
-def _reasons(m: dict[str, Any]) -> list[str]:
-    if not m.get("reasons"):
-        return []
-    return ["  why this shape:"] + [f"    - {r}" for r in m["reasons"]]
+def _reasons(m: ModelRecord) -> list[str]:
+    return ["  why this shape:"] + [f"    - {r}" for r in m.reasons] if m.reasons else []
 
 
 @click.command()
@@ -137,12 +140,8 @@ def unload(settings: Settings, name: str, force: bool) -> None:
       mgpud unload smol
       mgpud unload smol --force
     """
-    with settings.client() as client:
-        result = client.call("unload", name=name, force=force)
-    if settings.json:
-        emit_json(result)
-    else:
-        click.echo(f"unloaded {result['name']}" + (" (running generations cancelled)" if force else ""))
+    cancelled = " (running generations cancelled)" if force else ""
+    settings.answer("unload", lambda r: f"unloaded {r['name']}{cancelled}", name=name, force=force)
 
 
 @click.command()
@@ -166,15 +165,15 @@ def scale(settings: Settings, name: str, tp: int | None, dp: int | None) -> None
         stream = client.stream("reconfigure", name=name, tp=tp, dp=dp)
         view = ProgressView(f"reshaping {name}", for_script=settings.json)
         result = follow(stream, view, f"the daemon keeps reshaping {name}; follow it with `mgpud ps`")
-    if settings.json:
-        emit_json(result)
-        return
-    before, after = result["from"], result["to"]
-    click.echo(f"{name}: tp={before['tp']} x dp={before['dp']} -> tp={after['tp']} x dp={after['dp']} "
+    settings.say(result, format_rescaled)
+
+
+def format_rescaled(result: dict[str, Any]) -> str:
+    """The shape before and after, how long it took, and the replicas it has now."""
+    before, after, m = result["from"], result["to"], from_wire(ModelRecord, result["model"])
+    summary = (f"{m.name}: tp={before['tp']} x dp={before['dp']} -> tp={after['tp']} x dp={after['dp']} "
                f"in {result['duration_s']:.1f} s; new requests held for {1000 * result['held_s']:.0f} ms")
-    stats = result["model"].get("stats") or {}
-    for r in stats.get("replicas", []):
-        click.echo(_replica_line(r, stats.get("max_model_len")))
+    return "\n".join([summary, *_replica_lines(m)])
 
 
 COMMANDS = (load, unload, scale)

@@ -15,7 +15,7 @@ RIGHT = frozenset(range(2, len(HEADERS)))
 
 
 @click.command()
-@click.option("--prometheus", is_flag=True, help="Print the Prometheus text format instead.")
+@click.option("--prometheus", is_flag=True, help="Print the Prometheus text format instead, as GET /metrics serves it.")
 @global_options()
 @pass_settings
 def metrics(settings: Settings, prometheus: bool) -> None:
@@ -29,11 +29,9 @@ def metrics(settings: Settings, prometheus: bool) -> None:
       mgpud metrics --prometheus > /var/lib/node_exporter/textfile/mgpud.prom
     """
     with settings.client() as client:
-        result = client.call("metrics")
-    if prometheus:
-        from .prometheus import exposition
-
-        click.echo(exposition(result), nl=False)
+        result = client.call("metrics", format="prometheus" if prometheus else "json")
+    if prometheus:  # the daemon renders it, as its HTTP API serves it at GET /metrics
+        click.echo(result["text"], nl=False)
     elif settings.json:
         emit_json(result)
     else:

@@ -7,24 +7,25 @@ from typing import Any
 
 import click
 
-from mgpud.units import fmt_bytes
 from mgpud.ipc import Stream
+from mgpud.records import LoadProgress, from_wire
+from mgpud.units import fmt_bytes
 
 from .exits import INTERRUPTED, note
 from .output import bar, unicode_ok
 
 
 class ProgressView:
-    """Load progress frames ({phase, bytes_done, ...}): on a terminal one line redrawn in
-    place, elsewhere (logs, pipes) one line per phase. Replica events ({kind, ...}, sent
-    while reshaping) get a line each."""
+    """Load progress frames (LoadProgress): on a terminal one line redrawn in place,
+    elsewhere (logs, pipes) one line per phase. Replica events ({kind, ...}, sent while
+    reshaping) get a line each."""
 
     def __init__(self, label: str, for_script: bool = False) -> None:
         self.label = label
         self.tty = sys.stderr.isatty()
         # A script reading --json output wants no progress lines in its logs; a person does.
         self.enabled = self.tty or not for_script
-        self.phase: str | None = None
+        self.phase: str | None = None  # None after an event: the next phase gets its line again
         self.drawn = False
 
     def update(self, frame: dict[str, Any]) -> None:
@@ -33,12 +34,15 @@ class ProgressView:
         if "kind" in frame:
             self.close()
             click.echo(self._event_line(frame), err=True)
-        elif self.tty:
-            click.echo(f"\r\x1b[K{self._line(frame)}", err=True, nl=False)
+            self.phase = None
+            return
+        progress = from_wire(LoadProgress, frame)
+        if self.tty:
+            click.echo(f"\r\x1b[K{self._line(progress)}", err=True, nl=False)
             self.drawn = True
-        elif frame.get("phase") != self.phase:
-            click.echo(self._line(frame), err=True)
-        self.phase = frame.get("phase")
+        elif progress.phase != self.phase:
+            click.echo(self._line(progress), err=True)
+        self.phase = progress.phase
 
     def close(self) -> None:
         if self.drawn:
@@ -53,14 +57,13 @@ class ProgressView:
             what += f" on {','.join(frame['devices'])}"
         return f"{self.label}: {what}"
 
-    def _line(self, frame: dict[str, Any]) -> str:
-        text = f"{self.label}: {frame.get('phase', ''):<8}"
-        done, total = frame.get("bytes_done") or 0, frame.get("bytes_total") or 0
-        if total:
-            cells = bar([(done / total, "█" if unicode_ok(sys.stderr) else "#", "cyan")], width=24)
-            text += f" [{cells}] {100 * done / total:3.0f}%  {fmt_bytes(done)} / {fmt_bytes(total)}"
-        message = frame.get("message") or ""
-        return f"{text}  {message}".rstrip() if message != frame.get("phase") else text.rstrip()
+    def _line(self, p: LoadProgress) -> str:
+        text = f"{self.label}: {p.phase:<8}"
+        if p.bytes_total:
+            cells = bar([(p.bytes_done / p.bytes_total, "█" if unicode_ok(sys.stderr) else "#", "cyan")], width=24)
+            text += (f" [{cells}] {100 * p.bytes_done / p.bytes_total:3.0f}%  "
+                     f"{fmt_bytes(p.bytes_done)} / {fmt_bytes(p.bytes_total)}")
+        return f"{text}  {p.message}".rstrip() if p.message != p.phase else text.rstrip()
 
 
 def follow(stream: Stream, view: ProgressView, detached: str) -> dict[str, Any]:

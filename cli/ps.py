@@ -6,10 +6,11 @@ from typing import Any
 
 import click
 
+from mgpud.records import ModelRecord, ReplicaFigures, from_wire
 from mgpud.units import fmt_bytes
 
 from .context import Settings, global_options, pass_settings
-from .output import emit_json, fmt_ms, fmt_rate, state, table
+from .output import fmt_ms, fmt_rate, state, table
 
 HEADERS = ("NAME", "REPLICA", "TP x DP", "DEVICES", "STATE", "MEMORY", "KV USE", "RUN/WAIT",
            "TOK/S", "TTFT P95", "PIDS")
@@ -28,46 +29,42 @@ def ps(settings: Settings) -> None:
       mgpud ps
       mgpud ps --json | jq '.models[] | {name, state, tp, dp}'
     """
-    with settings.client() as client:
-        result = client.call("models")
-    if settings.json:
-        emit_json(result)
-    elif not result["models"]:
-        click.echo("no model loaded; load one with `mgpud load demo`")
-    else:
-        rows = [row for m in result["models"] for row in model_rows(m)]
-        click.echo(table(HEADERS, rows, RIGHT))
+    settings.answer("models", format_models)
 
 
-def model_rows(m: dict[str, Any]) -> list[list[str]]:
-    shape = f"{m['tp']} x {m['dp']}"
-    replicas = (m.get("stats") or {}).get("replicas")
-    if not replicas:  # loading, or failed before any replica started
-        return [[m["name"], "-", shape, ",".join(m["devices"]) or "-", _state_label(m["state"], m.get("progress")),
-                 "-", "-", "-", "-", "-", "-"]]
-    return [[m["name"], str(r["index"]), shape, ",".join(r["devices"]), state(r["state"]),
-             fmt_bytes(replica_memory(r)), _kv_use(r), f"{r.get('running', 0)}/{r.get('waiting', 0)}",
-             fmt_rate(r.get("tokens_per_s_10s")), fmt_ms(r.get("ttft_p95_ms")), ",".join(map(str, r["pids"])) or "-"]
-            for r in replicas]
+def format_models(reply: dict[str, Any]) -> str:
+    models = [from_wire(ModelRecord, m) for m in reply["models"]]
+    if not models:
+        return "no model loaded; load one with `mgpud load demo`"
+    return table(HEADERS, [row for m in models for row in model_rows(m)], RIGHT)
 
 
-def replica_memory(r: dict[str, Any]) -> int:  # bytes over all ranks of the replica
-    weights = r.get("weight_bytes_per_rank") or []
-    activations = r.get("peak_activation_bytes_per_rank") or []
-    return sum(weights) + sum(activations) + (r.get("kv_bytes_per_rank") or 0) * len(weights)
+def model_rows(m: ModelRecord) -> list[list[str]]:
+    shape = f"{m.tp} x {m.dp}"
+    if m.stats is None or not m.stats.replicas:  # loading, or failed before any replica started
+        return [[m.name, "-", shape, ",".join(m.devices) or "-", _state_label(m), "-", "-", "-", "-", "-", "-"]]
+    return [[m.name, str(r.index), shape, ",".join(r.devices), state(r.state), fmt_bytes(replica_memory(r)),
+             _kv_use(r), f"{r.running}/{r.waiting}", fmt_rate(r.tokens_per_s_10s), fmt_ms(r.ttft_p95_ms),
+             ",".join(map(str, r.pids)) or "-"]
+            for r in m.stats.replicas]
 
 
-def _kv_use(r: dict[str, Any]) -> str:
-    total = r.get("kv_blocks_total")
-    return f"{100 * (r.get('kv_blocks_used') or 0) / total:.1f}%" if total else "-"
+def replica_memory(r: ReplicaFigures) -> int:  # bytes over all ranks of the replica
+    kv = (r.kv_bytes_per_rank or 0) * len(r.weight_bytes_per_rank)
+    return sum(r.weight_bytes_per_rank) + sum(r.peak_activation_bytes_per_rank) + kv
 
 
-def _state_label(text: str, progress: dict[str, Any] | None) -> str:
-    if text != "loading" or not progress:
-        return state(text)
-    if progress.get("bytes_total"):
-        return state("loading") + f" {100 * progress['bytes_done'] / progress['bytes_total']:.0f}%"
-    return state("loading") + f" ({progress['phase']})"
+def _kv_use(r: ReplicaFigures) -> str:
+    return "-" if r.kv_headroom is None else f"{100 * (1 - r.kv_headroom):.1f}%"
+
+
+def _state_label(m: ModelRecord) -> str:
+    p = m.progress
+    if m.state != "loading" or p is None:
+        return state(m.state)
+    if p.bytes_total:
+        return state("loading") + f" {100 * p.bytes_done / p.bytes_total:.0f}%"
+    return state("loading") + f" ({p.phase})"
 
 
 COMMANDS = (ps,)

@@ -8,7 +8,6 @@ import click
 
 from .context import Settings, global_options, pass_settings
 from .exits import USAGE, CliError
-from .output import emit_json
 from .params import SIZE, schema_option
 
 # mgpud.daemon.settings.LOG_LEVELS, spelled out: importing the daemon would slow every command.
@@ -27,9 +26,14 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False))
 @click.option("--shutdown-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Seconds running generations get to finish on SIGTERM.")
+@click.option("--http", metavar="HOST:PORT|off",
+              help="Where the OpenAI-compatible HTTP API listens (default 127.0.0.1:8000); off disables it.")
+@click.option("--api-key", envvar="MGPUD_API_KEY", show_envvar=True,
+              help="HTTP clients must send `Authorization: Bearer KEY` (every path but /health).")
 @pass_settings
 def serve(settings: Settings, config: Path | None, state_dir: Path | None, devices: str | None,
-          device_memory: int | None, log_level: str | None, shutdown_timeout: float | None) -> None:
+          device_memory: int | None, log_level: str | None, shutdown_timeout: float | None,
+          http: str | None, api_key: str | None) -> None:
     """Run the daemon in the foreground (what systemd runs) until SIGTERM or `mgpud shutdown`.
 
     Flags override the configuration file.
@@ -38,12 +42,13 @@ def serve(settings: Settings, config: Path | None, state_dir: Path | None, devic
     Examples:
       mgpud serve --devices cpu:2 --device-memory 4GiB
       mgpud serve --config /etc/mgpud/mgpud.toml --devices 0,1,2,3
+      mgpud serve --http 0.0.0.0:8000 --api-key "$(cat /etc/mgpud/key)"
     """
     from mgpud.daemon import ConfigError, load_config, run_daemon
 
     overrides = {"runtime_dir": settings.runtime_dir, "state_dir": state_dir, "devices": devices,
                  "device_memory": device_memory, "log_level": log_level and log_level.lower(),
-                 "shutdown_timeout": shutdown_timeout}
+                 "shutdown_timeout": shutdown_timeout, "http": http, "api_key": api_key}
     try:
         daemon_config = load_config(config, overrides)
     except ConfigError as exc:
@@ -68,12 +73,8 @@ def shutdown(settings: Settings, timeout: float | None) -> None:
     Example:
       mgpud shutdown --timeout 30
     """
-    with settings.client() as client:
-        result = client.call("shutdown", timeout=timeout)
-    if settings.json:
-        emit_json(result)
-    else:
-        click.echo(f"mgpud is stopping; running generations get {result['timeout']:g} s to finish")
+    settings.answer("shutdown", lambda r: f"mgpud is stopping; running generations get {r['timeout']:g} s to finish",
+                    timeout=timeout)
 
 
 COMMANDS = (serve, shutdown)

@@ -8,6 +8,7 @@ import click
 
 from mgpud import __version__
 from mgpud.ipc import DaemonUnavailable
+from mgpud.records import DaemonSummary, ModelRecord, from_wire
 
 from .context import Settings, global_options, pass_settings
 from .output import emit_json, fmt_duration, state
@@ -24,19 +25,13 @@ def status(settings: Settings) -> None:
       mgpud status
       mgpud status --json | jq .models
     """
-    with settings.client() as client:
-        result = client.call("status")
-    if settings.json:
-        emit_json(result)
-    else:
-        click.echo(format_status(result))
+    settings.answer("status", format_status)
 
 
 def format_status(s: dict[str, Any]) -> str:
-    devices = s["devices"]
+    d, devices = from_wire(DaemonSummary, s), s["devices"]
     lines = [
-        (f"mgpud {s['version']} (protocol {s['protocol']}), pid {s['pid']}, {state(s['state'])} "
-         f"for {fmt_duration(s['uptime_s'])}"),
+        f"mgpud {d.version} (protocol {d.protocol}), pid {d.pid}, {state(d.state)} for {fmt_duration(d.uptime_s)}",
         f"  control   {s['control_socket']}",
         f"  events    {s['events_socket']}",
         f"  state     {s['state_file']}",
@@ -44,14 +39,16 @@ def format_status(s: dict[str, Any]) -> str:
         f"  devices   {devices['total']} {'/'.join(devices['kinds'])}, {devices['free']} free",
         f"  models    {len(s['models']) or 'none'}",
     ]
-    for m in s["models"]:
-        health = state(m["state"])
-        if m["state"] == "loading" and m.get("progress"):
-            health += f" ({m['progress']['phase']})"
-        if m.get("error"):
-            health += f": {m['error']}"
-        lines.append(f"    {m['name']}  tp={m['tp']} dp={m['dp']} on {','.join(m['devices'])}  {health}")
-    return "\n".join(lines)
+    return "\n".join(lines + [_model_line(from_wire(ModelRecord, m)) for m in s["models"]])
+
+
+def _model_line(m: ModelRecord) -> str:
+    health = state(m.state)
+    if m.state == "loading" and m.progress:
+        health += f" ({m.progress.phase})"
+    if m.error:
+        health += f": {m.error}"
+    return f"    {m.name}  tp={m.tp} dp={m.dp} on {','.join(m.devices)}  {health}"
 
 
 @click.command()

@@ -12,6 +12,8 @@ from typing import Any
 from mgpud.ipc import errors as codes
 from mgpud.ipc.errors import MgpudError
 
+from .histograms import ObservedOutputs
+
 log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], None]
@@ -35,14 +37,17 @@ class Call:
 
 async def collect(name: str, outputs: asyncio.Queue[Any], emit: Emit | None) -> dict[str, Any]:
     """Read a request's RequestOutputs until the last; frames to `emit`; the final result."""
+    observed = ObservedOutputs(name, outputs)  # times tokens; the histograms at the end
     token_ids: list[int] = []
     text: list[str] = []
+    asked: dict[str, Any] = {}  # the request's logprobs and prompt_logprobs, when asked for
     while True:
-        out = await outputs.get()
+        out = await observed.get()
         token_ids += out.new_token_ids
         text.append(out.new_text)
+        logprobs = _gather_logprobs(out, asked)
         if emit and (out.new_text or out.new_token_ids):
-            emit({"text": out.new_text, "token_ids": out.new_token_ids})
+            emit({"text": out.new_text, "token_ids": out.new_token_ids, **logprobs})
         if out.finished:
             break
     if out.finish_reason in ("error", "replica_failed"):
@@ -55,7 +60,26 @@ async def collect(name: str, outputs: asyncio.Queue[Any], emit: Emit | None) -> 
         "usage": {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
                   "total_tokens": out.prompt_tokens + out.completion_tokens},
         "timings": timings(out),
+        **asked,
     }
+
+
+def _gather_logprobs(out: Any, asked: dict[str, Any]) -> dict[str, Any]:
+    """out's logprobs as its frame carries them (nothing when not asked for); all the
+    request's, and its prompt logprobs, gathered into `asked` for the result."""
+    if out.prompt_logprobs is not None:
+        asked["prompt_logprobs"] = [None if e is None else _logprob(e) for e in out.prompt_logprobs]
+        asked["prompt_token_ids"] = out.prompt_token_ids
+    if out.logprobs is None:
+        return {}
+    entries = [_logprob(e) for e in out.logprobs]
+    asked.setdefault("logprobs", []).extend(entries)
+    return {"logprobs": entries}
+
+
+def _logprob(entry: Any) -> dict[str, Any]:
+    """A TokenLogprob on the wire: `top` is a list of [token id, logprob] pairs."""
+    return {"token_id": entry.token_id, "logprob": entry.logprob, "top": entry.top}
 
 
 def timings(out: Any) -> dict[str, float | None]:

@@ -86,21 +86,33 @@ async def models(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
 
 @handler
 async def metrics(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
-    """metrics {} -> {daemon: {summary, requests_total: {op: n}, errors_total: {code: n},
-    malformed_total, dropped_total}, models: {name: {state, tp, dp, stats}}, devices: [device]}."""
-    counts = d.counters
+    """metrics {format="json"} -> {daemon: {summary, requests_total: {op: n}, errors_total:
+    {code: n}, malformed_total, dropped_total}, models: {name: {state, tp, dp, stats}},
+    devices: [device]}. format "prometheus" -> {content_type, text}: the Prometheus
+    exposition the HTTP API serves at GET /metrics (mgpud.daemon.exposition)."""
+    if req.args["format"] == "prometheus":
+        from .exposition import render  # prometheus_client only when asked for
+
+        body, content_type = render(d)
+        return {"content_type": content_type, "text": body.decode()}
     models = d.models.describe_all()
     return {
-        "daemon": {
-            **d.summary(),
-            "requests_total": {k[3:]: n for k, n in counts.items() if k.startswith("op:")},
-            "errors_total": {k[6:]: n for k, n in counts.items() if k.startswith("error:")},
-            "malformed_total": counts["malformed"],
-            "dropped_total": counts["dropped"],
-        },
+        "daemon": daemon_figures(d),
         "models": {m.name: {"state": m.state, "tp": m.tp, "dp": m.dp, "stats": to_wire(m.stats) if m.stats else None}
                    for m in models},
         "devices": [to_wire(row) for row in d.telemetry.device_rows(models)],
+    }
+
+
+def daemon_figures(d: Daemon) -> dict[str, Any]:
+    """The daemon's summary and its counters, as `metrics` sends them."""
+    counts = d.counters
+    return {
+        **d.summary(),
+        "requests_total": {k[3:]: n for k, n in counts.items() if k.startswith("op:")},
+        "errors_total": {k[6:]: n for k, n in counts.items() if k.startswith("error:")},
+        "malformed_total": counts["malformed"],
+        "dropped_total": counts["dropped"],
     }
 
 

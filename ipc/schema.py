@@ -114,7 +114,11 @@ OPS: dict[str, Op] = {
     "status": Op("Daemon state, uptime, sockets, a summary of devices and models."),
     "devices": Op("Every device with its memory breakdown and the model holding it."),
     "models": Op("Every model with its shape, state and figures."),
-    "metrics": Op("Counters and gauges of the daemon and of each model."),
+    "metrics": Op(
+        "Counters and gauges of the daemon and of each model.",
+        {"format": Arg("str", default="json", choices=("json", "prometheus"),
+                       help="prometheus: the text GET /metrics serves, as {content_type, text}")},
+    ),
     "load": Op(
         "Load a model; streams progress frames unless wait is false.",
         {
@@ -151,6 +155,10 @@ OPS: dict[str, Op] = {
             "seed": Arg("int", low=0, high=(1 << 63) - 1),
             "stop": Arg("str_list", help="strings that end the generation (not included in the text)"),
             "ignore_eos": Arg("bool", help="keep generating past the end-of-sequence token"),
+            "logprobs": Arg("int", low=0, high=20,
+                            help="each new token's log-probability, with this many likeliest tokens"),
+            "prompt_logprobs": Arg("int", low=0, high=20,
+                                   help="each prompt token's log-probability, with this many likeliest tokens"),
             "stream": Arg("bool", default=True, help="false: no token frames, only the final result"),
         },
         streams=True,

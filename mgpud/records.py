@@ -192,19 +192,31 @@ def to_wire(record: Any) -> dict[str, Any]:
 
 
 def from_wire(cls: type[R], data: dict[str, Any]) -> R:
-    """A record read from a reply, leniently: keys this version does not know are left out,
-    missing ones take their defaults (an older or newer daemon must not break a client)."""
+    """A record read from a reply, leniently (an older or newer daemon must not break a
+    client): keys it does not know are left out; a field the sender left out takes its
+    default, or reads as unknown (None, "?" for text) when it has none; a nested record
+    missing such a field reads as absent (None, or left out of its list)."""
     hints = _hints(cls)
     values = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if f.name in data:
             values[f.name] = _value(hints[f.name], data[f.name])
+        elif _required(f):
+            values[f.name] = "?" if hints[f.name] is str else None
     return cls(**values)
 
 
 @cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+def _required(f: dataclasses.Field[Any]) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _complete(cls: type, data: Any) -> bool:
+    return isinstance(data, dict) and all(f.name in data for f in dataclasses.fields(cls) if _required(f))
 
 
 def _value(hint: Any, value: Any) -> Any:
@@ -214,10 +226,12 @@ def _value(hint: Any, value: Any) -> Any:
         return None
     if origin is list:
         (item,) = typing.get_args(hint)
-        return [from_wire(item, v) for v in value] if dataclasses.is_dataclass(item) else list(value)
+        if not dataclasses.is_dataclass(item):
+            return list(value)
+        return [from_wire(item, v) for v in value if _complete(item, v)]
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in typing.get_args(hint) if a is not type(None)]
         return _value(inner[0], value) if len(inner) == 1 else value
-    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-        return from_wire(hint, value)
+    if dataclasses.is_dataclass(hint):
+        return from_wire(hint, value) if _complete(hint, value) else None
     return value

@@ -35,11 +35,21 @@ def hf_model(model_dir: Path) -> Any:
     return _model(str(Path(model_dir).resolve()))
 
 
+def hf_logits(model_dir: Path, ids: list[int]) -> torch.Tensor:
+    """float32 [len(ids), vocab] logits of every position, with the ids run alone."""
+    with torch.inference_mode():
+        out = hf_model(model_dir)(torch.tensor([ids]))
+    return out.logits[0].float()
+
+
 def hf_last_logits(model_dir: Path, prompt_ids: list[int]) -> torch.Tensor:
     """float32 [vocab] logits of the last position, with the prompt run alone."""
-    with torch.inference_mode():
-        out = hf_model(model_dir)(torch.tensor([prompt_ids]))
-    return out.logits[0, -1].float()
+    return hf_logits(model_dir, prompt_ids)[-1]
+
+
+def hf_logprobs(model_dir: Path, ids: list[int]) -> torch.Tensor:
+    """float32 [len(ids), vocab] log-probabilities of the next token at every position."""
+    return torch.log_softmax(hf_logits(model_dir, ids), -1)
 
 
 def hf_greedy(model_dir: Path, prompt_ids: list[int], max_new_tokens: int) -> list[int]:

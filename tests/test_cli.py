@@ -326,10 +326,10 @@ def test_metrics_prometheus(daemon: Daemon, served: dict[str, Any]) -> None:
     for line in lines:
         assert line.startswith(("# HELP ", "# TYPE ")) or SAMPLE.match(line), line
     text = result.stdout
-    assert 'mgpud:num_requests_running{model_name="tiny"} 0' in text
-    assert re.search(r'^mgpud:generation_tokens_total\{model_name="tiny"\} [1-9]\d*$', text, re.MULTILINE)
-    assert 'mgpud_dev_weights_bytes{gpu="0",UUID="",device="cpu:0"' in text
-    assert 'mgpud:time_to_first_token_seconds{model_name="tiny",quantile="0.95"}' in text
+    assert 'mgpud:num_requests_running{model_name="tiny",replica="0"} 0.0' in text
+    assert re.search(r'^mgpud:generation_tokens_total\{model_name="tiny"\} [1-9]\d*\.0$', text, re.MULTILINE)
+    assert re.search(r'^mgpud_dev_memory_bytes\{UUID="",device="cpu:0",.*use="weights"\} [1-9]', text, re.MULTILINE)
+    assert re.search(r'^mgpud:time_to_first_token_seconds_count\{model_name="tiny"\} [1-9]', text, re.MULTILINE)
     assert "# TYPE mgpud_daemon_requests_total counter" in text
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mgpud.engine import EngineConfig, ModelGroup, SamplingParams
-from oracle import hf_greedy, hf_last_logits
+from oracle import hf_greedy, hf_logprobs
 
 ARCHS = ["llama", "mistral", "qwen2", "llama-tied-sharded"]
 
@@ -38,9 +38,9 @@ def test_last_token_logits_match_transformers(engine: ModelGroup) -> None:
     for prompt, stream in zip(prompts, streams):
         out = list(stream)[0]
         ours = torch.full((vocab,), float("nan"))
-        for token, lp in out.logprobs[0].items():
+        for token, lp in out.logprobs[0].top:
             ours[token] = lp
-        ref = torch.log_softmax(hf_last_logits(engine.model.dir, prompt), -1)
+        ref = hf_logprobs(engine.model.dir, prompt)[-1]
         torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
 
 

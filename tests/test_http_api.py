@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from checkpoints import make_tiny_checkpoint
+from oracle import hf_logprobs
 from mgpud.daemon.testing import DaemonProcess
 from waiting import wait_for
 
@@ -25,8 +26,12 @@ CHAT = [{"role": "user", "content": "Say something."}]
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    model = make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "llama", "llama", max_positions=4096)
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "llama", "llama", max_positions=4096)
+
+
+@pytest.fixture(scope="module")
+def daemon(model: Path) -> Iterator[DaemonProcess]:
     with DaemonProcess("--api-key", KEY, http="127.0.0.1:0") as d:
         d.call("load", model=str(model), name="tiny", max_model_len=LONG + 64, kv_cache_memory=8 << 20)
         yield d
@@ -91,6 +96,32 @@ def test_completions_with_several_prompts_and_echo(client: openai.OpenAI) -> Non
     assert [c.index for c in reply.choices] == [0, 1]
     assert reply.choices[0].text.startswith("Hello") and reply.choices[1].text.startswith("World")
     assert reply.usage.completion_tokens == 8
+
+
+def test_echo_with_logprobs_equals_transformers(model: Path, client: openai.OpenAI) -> None:
+    prompt = [5, 17, 42, 99, 7, 300, 12, 64]
+    reply = client.completions.create(model="tiny", prompt=prompt, max_tokens=1, temperature=0, echo=True,
+                                      logprobs=2)
+    got = reply.choices[0].logprobs
+    ref = hf_logprobs(model, prompt)
+    assert got.token_logprobs[0] is None and got.top_logprobs[0] is None  # nothing comes before it
+    assert len(got.tokens) == len(got.token_logprobs) == len(prompt) + 1
+    for i in range(1, len(prompt)):
+        assert got.token_logprobs[i] == pytest.approx(ref[i - 1, prompt[i]].item(), abs=1e-4)
+        assert max(got.top_logprobs[i].values()) == pytest.approx(ref[i - 1].max().item(), abs=1e-4)
+    assert got.token_logprobs[-1] == pytest.approx(ref[-1].max().item(), abs=1e-4)  # greedy: the best
+    assert got.text_offset == sorted(got.text_offset)
+
+
+def test_chat_logprobs_follow_the_sampled_tokens(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=5, temperature=0,
+                                           logprobs=True, top_logprobs=3)
+    content = reply.choices[0].logprobs.content
+    assert len(content) == 5
+    for entry in content:
+        assert len(entry.top_logprobs) == 3
+        assert entry.logprob == pytest.approx(entry.top_logprobs[0].logprob)  # greedy picks the likeliest
+        assert entry.logprob <= 0
 
 
 def test_stop_string_ends_with_stop(client: openai.OpenAI) -> None:

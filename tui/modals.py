@@ -21,10 +21,11 @@ from textual.timer import Timer
 from textual.widgets import Button, Input, Label, ProgressBar, Static
 
 from mgpud.ipc import AsyncClient, MgpudError
+from mgpud.records import LoadProgress, ModelRecord, from_wire
 
 from . import render
 from .events import describe
-from .state import ModelView, Snapshot
+from .state import Snapshot, load_fraction
 from .verdict import Verdict, judge, pending
 
 PLAN_DELAY = 0.3  # seconds of quiet typing before the planner is asked
@@ -197,31 +198,31 @@ class LoadModal(_Dialog):
         try:
             stream = self.client.stream("load", **args)
             async for frame in stream:
-                self._show_progress(frame)
+                if "phase" in frame:  # the others are replica events, which telemetry shows
+                    self._show_progress(from_wire(LoadProgress, frame))
         except MgpudError as exc:
             report_failure(self.app, f"load {args['name'] or args['model']}", exc)
             self.finished(False)
             return
-        model = stream.result or {}
-        self.app.notify(f"tp {model.get('tp')} x dp {model.get('dp')} on {', '.join(model.get('devices', []))}",
-                        title=f"{model.get('name')} is ready")
+        assert stream.result is not None  # the frames end only with the result, or an error
+        model = from_wire(ModelRecord, stream.result)
+        self.app.notify(f"tp {model.tp} x dp {model.dp} on {', '.join(model.devices)}", title=f"{model.name} is ready")
         self.finished(True)
 
-    def _show_progress(self, frame: dict[str, Any]) -> None:
-        total, done = frame.get("bytes_total") or 0, frame.get("bytes_done") or 0
-        text = f"{frame.get('phase', '')}: {frame.get('message') or ''}"
-        if frame.get("tensors_total"):
-            text += f" {frame.get('tensors_done')}/{frame['tensors_total']} tensors"
-        if total:
-            text += f", {render.size(done)}/{render.size(total)}"
-        self.progress(done / total if total else None, text)
+    def _show_progress(self, p: LoadProgress) -> None:
+        text = f"{p.phase}: {p.message}"
+        if p.tensors_total:
+            text += f" {p.tensors_done}/{p.tensors_total} tensors"
+        if p.bytes_total:
+            text += f", {render.size(p.bytes_done)}/{render.size(p.bytes_total)}"
+        self.progress(p.bytes_done / p.bytes_total if p.bytes_total else None, text)
 
 
 class ScaleModal(_Dialog):
     CONFIRM = "Scale"
     HINT = "Serving goes on while it reshapes."
 
-    def __init__(self, client: AsyncClient, model: ModelView) -> None:
+    def __init__(self, client: AsyncClient, model: ModelRecord) -> None:
         super().__init__(client, f"Scale {model.name}: now tp {model.tp} x dp {model.dp}")
         self.model = model
 
@@ -263,8 +264,8 @@ class ScaleModal(_Dialog):
         model = snapshot.model(self.model.name)
         if model is None or not self.has_class("-running"):
             return
-        replicas = ", ".join(f"r{r.index} {r.state}" for r in model.replicas)
-        self.progress(model.progress, f"{model.state}, tp {model.tp} x dp {model.dp}" +
+        replicas = ", ".join(f"r{r.index} {r.state}" for r in (model.stats.replicas if model.stats else ()))
+        self.progress(load_fraction(model), f"{model.state}, tp {model.tp} x dp {model.dp}" +
                       (f": {replicas}" if replicas else ""))
 
     def note(self, event: dict[str, Any]) -> None:
@@ -288,7 +289,7 @@ class UnloadModal(ModalScreen[bool | None]):
         with Vertical(id="dialog") as dialog:
             dialog.border_title = f"Unload {self.model_name}"
             yield Label(f"Unload {self.model_name}? Unload lets running generations finish first; "
-                        "Force cancels them.")
+                        "Force cancels them.", classes="question")
             with Horizontal(classes="buttons"):
                 yield Button("Unload", id="unload", variant="primary", compact=True)
                 yield Button("Force", id="force", variant="error", compact=True)

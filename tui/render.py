@@ -7,23 +7,31 @@ reads on a monochrome terminal or with NO_COLOR set.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from rich.text import Text
 
+from mgpud.records import MemorySplit
 from mgpud.units import fmt_bytes
 
-from .state import MemorySplit
-
-# (field of MemorySplit, glyph, colour, label, short label)
-MEMORY_SEGMENTS: tuple[tuple[str, str, str, str, str], ...] = (
-    ("weights", "█", "dodger_blue2", "weights", "weights"),
-    ("kv_used", "▓", "magenta", "KV in use", "KV used"),
-    ("kv_reserved", "▒", "orchid", "KV reserved, not in use yet", "KV res"),
-    ("activations", "░", "yellow", "activations (peak, measured at load)", "act"),
-    ("other", "▚", "red", "other: runtime, other processes", "other"),
-    ("free", "·", "grey50", "free", "free"),
-)
 NONE = "–"  # a figure the daemon does not know (yet)
+
+
+def kv_reserved(m: MemorySplit) -> int:
+    """Bytes of the KV cache that hold no tokens now: the bar shows them apart from those
+    in use, so that one sees how full the cache is, not only how large."""
+    return max(0, m.kv_allocated - m.kv_used)
+
+
+# The memory bar's parts: (glyph, colour, label, short label, its bytes in the device's split)
+MEMORY_SEGMENTS: tuple[tuple[str, str, str, str, Callable[[MemorySplit], int]], ...] = (
+    ("█", "dodger_blue2", "weights", "weights", lambda m: m.weights),
+    ("▓", "magenta", "KV in use", "KV used", lambda m: m.kv_used),
+    ("▒", "orchid", "KV reserved, not in use yet", "KV res", kv_reserved),
+    ("░", "yellow", "activations (peak, measured at load)", "act", lambda m: m.activations),
+    ("▚", "red", "other: runtime, other processes", "other", lambda m: m.other),
+    ("·", "grey50", "free", "free", lambda m: m.free),
+)
 
 
 def size(n: int | None) -> str:
@@ -89,19 +97,19 @@ def _cells(values: list[int], width: int) -> list[int]:
     return cells
 
 
-def memory_bar(split: MemorySplit | None, width: int) -> Text:
-    if split is None:
+def memory_bar(memory: MemorySplit | None, width: int) -> Text:
+    if memory is None:
         return Text("?" * width, style="grey50")
-    values = [getattr(split, name) for name, *_ in MEMORY_SEGMENTS]
+    values = [part(memory) for *_, part in MEMORY_SEGMENTS]
     bar = Text()
-    for (_, glyph, colour, _, _), n in zip(MEMORY_SEGMENTS, _cells(values, width), strict=True):
+    for (glyph, colour, *_), n in zip(MEMORY_SEGMENTS, _cells(values, width), strict=True):
         bar.append(glyph * n, style=colour)
     return bar
 
 
 def memory_legend(short: bool) -> Text:
     legend = Text()
-    for _, glyph, colour, label, brief in MEMORY_SEGMENTS:
+    for glyph, colour, label, brief, _ in MEMORY_SEGMENTS:
         legend.append(glyph, style=colour)
         legend.append(f" {brief} " if short else f" {label}\n")
     return legend

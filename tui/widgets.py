@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -13,10 +13,13 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Label, RichLog, Sparkline, Static
 
+from mgpud.records import DaemonSummary, Device, ModelRecord
+
 from . import render
-from .state import HISTORY_SAMPLES, DaemonView, DeviceView, ModelView, ReplicaView, Series, Snapshot
+from .state import HISTORY_SAMPLES, Figures, Series, Snapshot, load_fraction, pids, tokens_per_s, ttft_p95_ms
 
 COMPACT, NORMAL, WIDE = "compact", "normal", "wide"
+S = TypeVar("S")  # what a table row is drawn from
 
 
 def mode_for(width: int) -> str:
@@ -28,7 +31,7 @@ class StatusBar(Static):
     """Connection, daemon state, version, uptime and runtime directory, on one line; the
     directory goes last, where a narrow terminal cuts it."""
 
-    def show(self, daemon: DaemonView | None, runtime_dir: str, connected: bool | None) -> None:
+    def show(self, daemon: DaemonSummary | None, runtime_dir: str, connected: bool | None) -> None:
         line = Text.assemble(("mgpud", "bold"), " ")
         if connected is None:
             line.append("… connecting", style="yellow")
@@ -39,7 +42,7 @@ class StatusBar(Static):
         if daemon is not None:
             line.append(f"  v{daemon.version} ")
             line.append_text(render.state(daemon.state))
-            line.append(f"  up {render.duration(daemon.uptime_s)}  pid {daemon.pid}  "
+            line.append(f"  up {render.duration(daemon.uptime_s)}  pid {render.count(daemon.pid)}  "
                         f"{daemon.generations_running or 0} generating")
         line.append(f"  {runtime_dir}")
         self.update(line)
@@ -53,32 +56,44 @@ class Banner(Static):
         self.update(text or "")
 
 
-class DevicesTable(DataTable[Text | str]):
-    def __init__(self) -> None:
-        super().__init__(id="devices", cursor_type="none", show_cursor=False, zebra_stripes=True)
-        self.can_focus = False  # nothing to select here: the arrow keys belong to the models
-        self.border_title = "Devices"
-        self.border_subtitle = render.memory_legend(short=True)
-        self._devices: tuple[DeviceView, ...] = ()
+ALL = (COMPACT, NORMAL, WIDE)
+# A column: (header, layouts that show it, its cell from a row's source and the layout)
+Column = tuple[str, tuple[str, ...], Callable[[Any, str], Text | str]]
 
-    def show(self, devices: tuple[DeviceView, ...]) -> None:
-        self._devices = devices
-        self._redraw()
+
+class _Panel(DataTable[Text | str], Generic[S]):
+    """A table drawn from the latest snapshot. It keeps its rows' sources so that a resize
+    redraws them with the columns the new width allows."""
+
+    COLUMNS: ClassVar[tuple[Column, ...]] = ()
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(zebra_stripes=True, **options)
+        self._rows: dict[str, S] = {}  # row key -> what its cells are drawn from
+
+    def show_rows(self, rows: dict[str, S]) -> None:
+        self._redraw(rows)
 
     def on_resize(self) -> None:
-        self._redraw()
+        self._redraw(self._rows)
 
-    def _redraw(self) -> None:
+    def header(self, label: str, mode: str) -> str:
+        return label
+
+    def _redraw(self, rows: dict[str, S]) -> None:
         mode = mode_for(self.size.width)
-        columns = [c for c in DEVICE_COLUMNS if mode in c[1]]
+        columns = [c for c in self.COLUMNS if mode in c[1]]
         self.clear(columns=True)
+        self._rows = rows
         for label, _, _ in columns:
-            self.add_column(label.replace("%bar", "MEMORY".ljust(BAR[mode])))
-        for device in self._devices:
-            self.add_row(*(cell(device, mode) for _, _, cell in columns), key=device.id)
+            self.add_column(self.header(label, mode))
+        for key, source in rows.items():
+            self.add_row(*(cell(source, mode) for _, _, cell in columns), key=key)
 
 
-def _held_by(d: DeviceView) -> Text | str:
+# -- devices ----------------------------------------------------------------------------------
+
+def _held_by(d: Device) -> Text | str:
     if d.model is None:
         return "" if d.error is None else Text(d.error, style="red")
     replica = f" r{d.replica}" if d.replica is not None else ""
@@ -86,40 +101,109 @@ def _held_by(d: DeviceView) -> Text | str:
     return f"{d.model}{replica}{rank}"
 
 
-def _kv(d: DeviceView) -> str:
-    if d.split is None:
+def _kv(d: Device) -> str:
+    if d.memory is None:
         return render.NONE
-    return f"{render.size(d.split.kv_used)}/{render.size(d.split.kv_used + d.split.kv_reserved)}"
+    return f"{render.size(d.memory.kv_used)}/{render.size(d.memory.kv_allocated)}"
 
 
-def _split(field: str) -> Callable[[DeviceView, str], str]:
-    return lambda d, mode: render.size(getattr(d.split, field)) if d.split else render.NONE
+def _memory(part: str) -> Callable[[Device, str], str]:
+    return lambda d, mode: render.size(getattr(d.memory, part)) if d.memory else render.NONE
 
 
-ALL = (COMPACT, NORMAL, WIDE)
 BAR = {COMPACT: 16, NORMAL: 24, WIDE: 40}  # the memory bar's width, by layout
-# (header, layouts that show it, cell from the device and the layout); "%bar" is padded
-# to the bar's width.
-DEVICE_COLUMNS: tuple[tuple[str, tuple[str, ...], Callable[[DeviceView, str], Text | str]], ...] = (
-    ("DEVICE", ALL, lambda d, mode: d.id),
-    ("NAME", (WIDE,), lambda d, mode: d.name),
-    ("%bar", ALL, lambda d, mode: render.memory_bar(d.split, BAR[mode])),
-    ("WEIGHTS", ALL, _split("weights")),
-    ("KV USE/RES", ALL, lambda d, mode: _kv(d)),
-    ("ACT", (NORMAL, WIDE), _split("activations")),
-    ("OTHER", (NORMAL, WIDE), _split("other")),
-    ("FREE", ALL, _split("free")),
-    ("TOTAL", (WIDE,), lambda d, mode: render.size(d.memory_total)),
-    ("UTIL", (NORMAL, WIDE), lambda d, mode: render.percent(d.utilization)),
-    ("TEMP", (NORMAL, WIDE), lambda d, mode: render.percent(d.temperature, "C")),
-    ("POWER", (WIDE,), lambda d, mode: render.percent(d.power, "W")),
-    ("HELD BY", ALL, lambda d, mode: _held_by(d)),
-)
 
 
-class ModelsTable(DataTable[Text | str]):
+class DevicesTable(_Panel[Device]):
+    COLUMNS = (  # "%bar" is padded to the bar's width
+        ("DEVICE", ALL, lambda d, mode: d.id),
+        ("NAME", (WIDE,), lambda d, mode: d.name),
+        ("%bar", ALL, lambda d, mode: render.memory_bar(d.memory, BAR[mode])),
+        ("WEIGHTS", ALL, _memory("weights")),
+        ("KV USE/RES", ALL, lambda d, mode: _kv(d)),
+        ("ACT", (NORMAL, WIDE), _memory("activations")),
+        ("OTHER", (NORMAL, WIDE), _memory("other")),
+        ("FREE", ALL, _memory("free")),
+        ("TOTAL", (WIDE,), lambda d, mode: render.size(d.memory_total)),
+        ("UTIL", (NORMAL, WIDE), lambda d, mode: render.percent(d.utilization)),
+        ("TEMP", (NORMAL, WIDE), lambda d, mode: render.percent(d.temperature, "C")),
+        ("POWER", (WIDE,), lambda d, mode: render.percent(d.power, "W")),
+        ("HELD BY", ALL, lambda d, mode: _held_by(d)),
+    )
+
+    def __init__(self) -> None:
+        super().__init__(id="devices", cursor_type="none", show_cursor=False)
+        self.can_focus = False  # nothing to select here: the arrow keys belong to the models
+        self.border_title = "Devices"
+        self.border_subtitle = render.memory_legend(short=True)
+
+    def show(self, devices: tuple[Device, ...]) -> None:
+        self.show_rows({d.id: d for d in devices})
+
+    def header(self, label: str, mode: str) -> str:
+        return label.replace("%bar", "MEMORY".ljust(BAR[mode]))
+
+
+# -- models -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Line:
+    """One row of the models table: a model, or one of its replicas."""
+
+    model: str  # the model it belongs to
+    label: Text | str
+    shape: str
+    devices: list[str]
+    state: Text
+    figures: Figures | None  # None while a model has no engine group yet
+    error: str | None
+    max_model_len: str
+    pids: tuple[int, ...]
+
+
+def _lines(m: ModelRecord) -> Iterator[tuple[str, _Line]]:
+    """(row key, row) for the model, then for each of its replicas when it has several."""
+    stats = m.stats
+    yield m.name, _Line(m.name, Text(m.name, style="bold"), f"{render.count(m.tp)}x{render.count(m.dp)}",
+                        m.devices, render.state(m.state, load_fraction(m)), stats, m.error,
+                        render.count(stats.max_model_len if stats else None), pids(m))
+    replicas = stats.replicas if stats else []
+    if len(replicas) > 1:
+        for r in replicas:
+            yield f"{m.name}\0{r.index}", _Line(m.name, f" └ r{r.index}", f"{r.tp}x1", r.devices,
+                                                render.state(r.state), r, r.error, "", ())
+
+
+def _run_wait(f: Figures | None) -> str:
+    return f"{render.NONE}/{render.NONE}" if f is None else f"{f.running}/{f.waiting}"
+
+
+def _ttft(f: Figures | None) -> str:
+    return f"{render.millis(f.ttft_p50_ms if f else None)}/{render.millis(ttft_p95_ms(f))}"
+
+
+# Widths that keep a models table inside the screen, by layout.
+GAUGE = {COMPACT: 6, NORMAL: 6, WIDE: 10}
+ERROR = {COMPACT: 0, NORMAL: 28, WIDE: 48}
+
+
+class ModelsTable(_Panel[_Line]):
     """One row per model, and one per replica beneath it when it has several."""
 
+    COLUMNS = (
+        ("MODEL", ALL, lambda line, mode: line.label),
+        ("TPxDP", ALL, lambda line, mode: line.shape),
+        ("DEVICES", (NORMAL, WIDE), lambda line, mode: ",".join(line.devices)),
+        ("STATE", ALL, lambda line, mode: line.state),
+        ("KV HEADROOM", ALL,
+         lambda line, mode: render.gauge(line.figures.kv_headroom if line.figures else None, GAUGE[mode])),
+        ("RUN/WAIT", ALL, lambda line, mode: _run_wait(line.figures)),
+        ("TOK/S", ALL, lambda line, mode: render.rate(tokens_per_s(line.figures))),
+        ("TTFT p50/p95 ms", ALL, lambda line, mode: _ttft(line.figures)),
+        ("MAX LEN", (WIDE,), lambda line, mode: line.max_model_len),
+        ("PIDS", (WIDE,), lambda line, mode: " ".join(map(str, line.pids))),
+        ("ERROR", (NORMAL, WIDE), lambda line, mode: Text(render.clip(line.error, ERROR[mode]), style="red")),
+    )
     # DataTable's own arrow keys, with the tooltip that the help screen shows.
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("up", "cursor_up", "Cursor up", show=False, tooltip="select a model"),
@@ -127,88 +211,25 @@ class ModelsTable(DataTable[Text | str]):
     ]
 
     def __init__(self) -> None:
-        super().__init__(id="models", cursor_type="row", zebra_stripes=True)
+        super().__init__(id="models", cursor_type="row")
         self.border_title = "Models"
-        self._models: tuple[ModelView, ...] = ()
-        self._owner: dict[str, str] = {}  # row key -> model name
 
     @property
     def selected(self) -> str | None:
         """The model under the cursor (a replica row selects its model)."""
         if not self.row_count:
             return None
-        key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
-        return self._owner.get(key or "")
+        line = self._rows.get(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value or "")
+        return line.model if line else None
 
-    def show(self, models: tuple[ModelView, ...]) -> None:
-        self._models = models
-        self._redraw()
+    def show(self, models: tuple[ModelRecord, ...]) -> None:
+        self.show_rows({key: line for m in models for key, line in _lines(m)})
 
-    def on_resize(self) -> None:
-        self._redraw()
-
-    def _redraw(self) -> None:
-        mode = mode_for(self.size.width)
-        keep = self.selected
-        columns = [c for c in MODEL_COLUMNS if mode in c[1]]
-        self.clear(columns=True)
-        for label, _, _ in columns:
-            self.add_column(label)
-        self._owner = {}
-        for line in (line for model in self._models for line in _lines(model)):
-            self._owner[line.key] = line.model
-            self.add_row(*(cell(line, mode) for _, _, cell in columns), key=line.key)
-        if keep in self._owner:
+    def _redraw(self, rows: dict[str, _Line]) -> None:
+        keep = self.selected  # read from the rows shown so far: the cursor stays on its model
+        super()._redraw(rows)
+        if keep in self._rows:
             self.move_cursor(row=self.get_row_index(keep), animate=False)
-
-
-@dataclass(frozen=True)
-class _Line:
-    """One row of the models table: a model, or one of its replicas."""
-
-    key: str
-    model: str  # the model it belongs to
-    label: Text | str
-    shape: str
-    devices: tuple[str, ...]
-    state: Text
-    view: ModelView | ReplicaView  # both carry running, waiting, kv_headroom, tokens/s, TTFT, error
-    max_model_len: str
-    pids: tuple[int, ...]
-
-
-def _lines(model: ModelView) -> Iterator[_Line]:
-    yield _Line(model.name, model.name, Text(model.name, style="bold"), f"{model.tp}x{model.dp}",
-                model.devices, render.state(model.state, model.progress), model,
-                render.count(model.max_model_len), model.pids)
-    if len(model.replicas) > 1:
-        for r in model.replicas:
-            yield _Line(f"{model.name}\0{r.index}", model.name, f" └ r{r.index}", f"{r.tp}x1", r.devices,
-                        render.state(r.state), r, "", ())
-
-
-def _ttft(f: ModelView | ReplicaView) -> str:
-    return f"{render.millis(f.ttft_p50_ms)}/{render.millis(f.ttft_p95_ms)}"
-
-
-# Widths that keep a models table inside the screen, by layout.
-GAUGE = {COMPACT: 6, NORMAL: 6, WIDE: 10}
-ERROR = {COMPACT: 0, NORMAL: 28, WIDE: 48}
-
-# (header, layouts that show it, cell from the line and the layout)
-MODEL_COLUMNS: tuple[tuple[str, tuple[str, ...], Callable[[_Line, str], Text | str]], ...] = (
-    ("MODEL", ALL, lambda line, mode: line.label),
-    ("TPxDP", ALL, lambda line, mode: line.shape),
-    ("DEVICES", (NORMAL, WIDE), lambda line, mode: ",".join(line.devices)),
-    ("STATE", ALL, lambda line, mode: line.state),
-    ("KV HEADROOM", ALL, lambda line, mode: render.gauge(line.view.kv_headroom, GAUGE[mode])),
-    ("RUN/WAIT", ALL, lambda line, mode: f"{render.count(line.view.running)}/{render.count(line.view.waiting)}"),
-    ("TOK/S", ALL, lambda line, mode: render.rate(line.view.tokens_per_s)),
-    ("TTFT p50/p95 ms", ALL, lambda line, mode: _ttft(line.view)),
-    ("MAX LEN", (WIDE,), lambda line, mode: line.max_model_len),
-    ("PIDS", (WIDE,), lambda line, mode: " ".join(map(str, line.pids))),
-    ("ERROR", (NORMAL, WIDE), lambda line, mode: Text(render.clip(line.view.error, ERROR[mode]), style="red")),
-)
 
 
 class ThroughputRow(Horizontal):
@@ -225,9 +246,9 @@ class ThroughputRow(Horizontal):
         yield Label(classes="ttft")
         yield Sparkline([], classes="ttft")
 
-    def show(self, model: ModelView, series: Series) -> None:
-        self.query_one("Label.tps", Label).update(f"{render.rate(model.tokens_per_s):>5} tok/s")
-        self.query_one("Label.ttft", Label).update(f"p95 {render.millis(model.ttft_p95_ms):>4} ms")
+    def show(self, model: ModelRecord, series: Series) -> None:
+        self.query_one("Label.tps", Label).update(f"{render.rate(tokens_per_s(model.stats)):>5} tok/s")
+        self.query_one("Label.ttft", Label).update(f"p95 {render.millis(ttft_p95_ms(model.stats)):>4} ms")
         self.query_one("Sparkline.tps", Sparkline).data = _padded(series.tokens_per_s)
         self.query_one("Sparkline.ttft", Sparkline).data = _padded(series.ttft_p95_ms)
 

@@ -25,6 +25,8 @@ class StepInput:
     prefill_spans: list[tuple[int, int, int]]  # (start, end, context_len)
     prefill_block_tables: list[np.ndarray]
     logits_indices: np.ndarray  # [S] int64: the token whose logits each sampling seq needs
+    # [R] int64: tokens whose logits give prompt logprobs, in batch order (Sequence.prompt_logprob_positions)
+    prompt_logits_indices: np.ndarray
 
     @property
     def num_tokens(self) -> int:
@@ -42,7 +44,7 @@ class StepInput:
 
 def build_step(batch: list[tuple[Sequence, int]], block_size: int) -> StepInput:
     """`batch` must list single-token entries first (the scheduler's order)."""
-    ids, positions, slots, logits_at = [], [], [], []
+    ids, positions, slots, logits_at, prompt_at = [], [], [], [], []
     num_decodes = sum(1 for _, n in batch if n == 1)
     max_blocks = max((len(seq.block_table) for seq, _ in batch[:num_decodes]), default=1)
     decode_tables = np.zeros((num_decodes, max_blocks), dtype=np.int32)
@@ -62,9 +64,10 @@ def build_step(batch: list[tuple[Sequence, int]], block_size: int) -> StepInput:
         else:
             spans.append((offset, offset + n, start + n))
             span_tables.append(table.astype(np.int32))
+        prompt_at.extend(offset - start + p for p in seq.prompt_logprob_positions(n))
         offset += n
         if start + n == seq.num_tokens:
             logits_at.append(offset - 1)
     return StepInput(np.concatenate(ids), np.concatenate(positions), np.concatenate(slots),
                      num_decodes, decode_tables, decode_lens, spans, span_tables,
-                     np.asarray(logits_at, dtype=np.int64))
+                     np.asarray(logits_at, dtype=np.int64), np.asarray(prompt_at, dtype=np.int64))

@@ -61,7 +61,8 @@ class BlockManager:
 
     def match_prefix(self, seq: Sequence) -> list[int]:
         """Cached blocks holding a prefix of seq, leaving at least one token to compute."""
-        if not self.prefix_caching:
+        # Cached positions are not computed, so they would have no logits for prompt logprobs.
+        if not self.prefix_caching or seq.prompt_logprobs is not None:
             return []
         found: list[int] = []
         hashes: list[int] = []

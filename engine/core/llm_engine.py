@@ -195,13 +195,13 @@ class LLMEngine:
         with self._lock:
             self._stats = body["stats"]
             states = [(self._requests.get(out[0]), *out) for out in body["outputs"]]
-        for state, rid, token, reason, scheduled, first, top in states:
+        for state, rid, token, reason, scheduled, first, logprob, prompt_logprobs in states:
             if state is None:
                 continue  # cancelled while this step ran
             if reason:
                 with self._lock:
                     self._requests.pop(rid, None)
-            if state.on_token(token, reason, scheduled, first, top) == "stop" and not reason:
+            if state.on_token(token, reason, scheduled, first, logprob, prompt_logprobs) == "stop" and not reason:
                 self._drop(rid)  # a stop string ended it here: rank 0 need not go on
 
     def _watch(self, proc: subprocess.Popen) -> None:

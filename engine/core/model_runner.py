@@ -58,7 +58,8 @@ class ModelRunner:
             num_decodes=0, decode_block_tables=np.zeros((0, 1), dtype=np.int32),
             decode_context_lens=np.zeros(0, dtype=np.int32),
             prefill_spans=spans, prefill_block_tables=[np.zeros(1, dtype=np.int32)] * len(spans),
-            logits_indices=np.asarray([e - 1 for _, e, _ in spans], dtype=np.int64))
+            logits_indices=np.asarray([e - 1 for _, e, _ in spans], dtype=np.int64),
+            prompt_logits_indices=np.zeros(0, dtype=np.int64))
         heads = self.cfg.num_kv_heads // self.group.size
         dummy = torch.zeros(1, self.block_size, heads, self.cfg.head_dim, dtype=self.dtype, device=self.device)
         self.caches = [(dummy, dummy)] * self.cfg.num_layers
@@ -96,12 +97,13 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, step: StepInput) -> torch.Tensor | None:
-        """Full-vocab float32 logits [S, vocab] for the sampling sequences on rank 0."""
+        """Full-vocab float32 logits [S + R, vocab] on rank 0: a row per sampling sequence,
+        then a row per prompt-logprob position. The LM head runs on those rows only."""
         ids = torch.from_numpy(step.input_ids).to(self.device, non_blocking=True)
         positions = torch.from_numpy(step.positions).to(self.device, non_blocking=True)
         hidden = self.model(ids, positions, step.metadata(self.device), self.caches)
-        if len(step.logits_indices) == 0:
+        rows = np.concatenate((step.logits_indices, step.prompt_logits_indices))
+        if len(rows) == 0:
             return None
-        last = hidden.index_select(0, torch.from_numpy(step.logits_indices).to(self.device))
-        logits = self.model.logits(last)
+        logits = self.model.logits(hidden.index_select(0, torch.from_numpy(rows).to(self.device)))
         return None if logits is None else logits.float()

@@ -13,6 +13,15 @@ from .tokenizer import Detokenizer
 
 
 @dataclass
+class TokenLogprob:
+    """One token's log-probability given the tokens before it, and the likeliest there."""
+
+    token_id: int
+    logprob: float  # natural log, from the model's distribution before any sampling filter
+    top: list[tuple[int, float]]  # (token id, logprob), most likely first
+
+
+@dataclass
 class RequestOutput:
     request_id: str
     new_token_ids: list[int] = field(default_factory=list)
@@ -26,7 +35,11 @@ class RequestOutput:
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
     finished_time: float | None = None
-    logprobs: list[dict[int, float]] | None = None  # per new token, when asked for
+    logprobs: list[TokenLogprob] | None = None  # one per new token, when asked for
+    # When asked for, on the request's first output only: one per prompt token, the first None,
+    # and the prompt's token ids they belong to.
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    prompt_token_ids: list[int] | None = None
 
 
 class RequestStream:
@@ -73,7 +86,8 @@ class RequestState:
         self.first_token: float | None = None
 
     def on_token(self, token: int, reason: str | None, scheduled: float, first: float,
-                 top: list[tuple[int, float]] | None = None) -> str | None:
+                 logprob: TokenLogprob | None = None,
+                 prompt_logprobs: list[TokenLogprob | None] | None = None) -> str | None:
         """Emit the output for one new token; returns "stop" when a stop string ended it."""
         self.first_scheduled, self.first_token = scheduled, first
         self.completion_tokens += 1
@@ -81,7 +95,7 @@ class RequestState:
         cut = self._stop_at()
         if cut is not None:
             self.text, reason = self.text[:cut], "stop"
-        self._emit([token], reason, logprobs=[dict(top)] if top is not None else None)
+        self._emit([token], reason, logprobs=None if logprob is None else [logprob], prompt_logprobs=prompt_logprobs)
         return "stop" if cut is not None else None
 
     def _stop_at(self) -> int | None:
@@ -90,12 +104,16 @@ class RequestState:
         return min(hits) if hits else None
 
     def _emit(self, tokens: list[int], reason: str | None, error: str | None = None,
-              logprobs: list[dict[int, float]] | None = None) -> None:
+              logprobs: list[TokenLogprob] | None = None,
+              prompt_logprobs: list[TokenLogprob | None] | None = None) -> None:
         end = len(self.text) if reason else max(self.sent, len(self.text) - self.holdback)
+        if logprobs is None and self.params.logprobs is not None:
+            logprobs = []  # asked for, and this output brings no token: say so with an empty list
         out = RequestOutput(
             self.request_id, tokens, self.text[self.sent:end], reason is not None, reason, error,
             len(self.prompt_ids), self.completion_tokens, self.arrival, self.first_scheduled,
-            self.first_token, time.monotonic() if reason else None, logprobs)
+            self.first_token, time.monotonic() if reason else None, logprobs, prompt_logprobs,
+            None if prompt_logprobs is None else self.prompt_ids)
         self.sent = end
         self.sink(out)
 

@@ -12,7 +12,8 @@ from mgpud.records import RankFigures
 
 from .batch import build_step
 from .kv import BlockManager
-from .layers.sampler import sample, top_logprobs
+from .layers.logprobs import record_prompt_logprobs, sampled_logprobs
+from .layers.sampler import sample
 from .sampling import SamplingParams
 from .scheduler import Limits, Scheduler
 from .sequence import Sequence
@@ -93,16 +94,20 @@ class Rank0Loop:
         self.runner.synchronize()  # CUDA returns before its kernels finish: time the work itself
         self.forward_seconds += time.perf_counter() - forward
         sampling = [seq for seq, n in batch if seq.num_computed_tokens + n == seq.num_tokens]
-        tokens = sample(logits, sampling) if sampling else []
-        logprobs = top_logprobs(logits, sampling) if sampling else []
+        tokens = sample(logits[:len(sampling)], sampling) if sampling else []
+        logprobs = sampled_logprobs(logits, sampling, tokens) if sampling else []
+        if len(step.prompt_logits_indices):
+            record_prompt_logprobs(batch, logits[len(sampling):])
         now = time.monotonic()
         finished = {f.seq.request_id: f.reason for f in self.scheduler.update(batch, tokens)}
         outputs = []
-        for seq, token, top in zip(sampling, tokens, logprobs):
+        for seq, token, logprob in zip(sampling, tokens, logprobs):
             if seq.first_token_time is None:
                 seq.first_token_time = now
+            # Complete by the first sampled token (its prefill chunk is the last); sent once.
+            prompt_logprobs, seq.prompt_logprobs = seq.prompt_logprobs, None
             outputs.append((seq.request_id, token, finished.get(seq.request_id),
-                            seq.first_scheduled_time, seq.first_token_time, top))
+                            seq.first_scheduled_time, seq.first_token_time, logprob, prompt_logprobs))
         self.generated_tokens += len(tokens)
         self.steps += 1
         self.step_seconds += time.perf_counter() - started

@@ -17,12 +17,16 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
-    logprobs: int = 0  # return this many top log-probabilities per generated token
+    # None: no log-probabilities; N: each new token's own, with the N likeliest at its position.
+    logprobs: int | None = None
+    # None: none; N: each prompt token's after the first, given those before it, with the N likeliest.
+    prompt_logprobs: int | None = None
 
     def vocabulary_problem(self, vocab_size: int) -> str | None:
         """What in these parameters this vocabulary cannot honour, if anything."""
         if any(not 0 <= t < vocab_size for t in self.stop_token_ids):
             return f"stop_token_ids must be token ids in [0, {vocab_size})"
-        if self.logprobs > vocab_size:
-            return f"logprobs must be at most the vocabulary size ({vocab_size})"
+        for name in ("logprobs", "prompt_logprobs"):
+            if (getattr(self, name) or 0) > vocab_size:
+                return f"{name} must be at most the vocabulary size ({vocab_size})"
         return None

@@ -8,6 +8,7 @@ from enum import Enum
 
 import torch
 
+from .outputs import TokenLogprob
 from .sampling import SamplingParams
 
 
@@ -32,10 +33,22 @@ class Sequence:
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
     num_preemptions: int = 0
+    # Collected over the prefill chunks while incomplete; None when not asked for or once sent.
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
     def __post_init__(self) -> None:
         if self.params.seed is not None:
             self.generator = torch.Generator().manual_seed(self.params.seed)
+        if self.params.prompt_logprobs is not None:
+            self.prompt_logprobs = [None]  # the first token has nothing before it
+
+    def prompt_logprob_positions(self, n: int) -> range:
+        """Positions among the next n to compute whose logits give a prompt logprob still missing
+        (position p gives token p + 1's; a recompute after preemption skips those it has)."""
+        if self.prompt_logprobs is None:
+            return range(0)
+        start = max(self.num_computed_tokens, len(self.prompt_logprobs) - 1)
+        return range(start, min(self.num_computed_tokens + n, self.num_prompt_tokens - 1))
 
     @property
     def num_tokens(self) -> int:

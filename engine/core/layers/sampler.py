@@ -20,16 +20,6 @@ def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     return logits
 
 
-def top_logprobs(logits: torch.Tensor, seqs: list[Sequence]) -> list[list[tuple[int, float]] | None]:
-    """For rows that asked for them, the k most likely tokens and their log-probabilities."""
-    out: list[list[tuple[int, float]] | None] = [None] * len(seqs)
-    for row, seq in enumerate(seqs):
-        if seq.params.logprobs:
-            values, ids = torch.log_softmax(logits[row].float(), -1).topk(seq.params.logprobs)
-            out[row] = list(zip(ids.tolist(), values.tolist()))
-    return out
-
-
 def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
     """logits [S, vocab] float, one row per sequence in `seqs` -> one token id each."""
     tokens = logits.argmax(dim=-1).tolist()
