@@ -41,10 +41,11 @@ def chat_workload(n: int, min_tokens: int, max_tokens: int, seed: int = 0
     return work
 
 
-def matmul_peak_flops(threads: int, size: int = 1024, seconds: float = 1.0) -> float:
-    """Best fp32 GEMM FLOP/s this process reaches with `threads` threads."""
+def matmul_peak_flops(threads: int, size: int = 1024, seconds: float = 1.0,
+                      dtype: torch.dtype = torch.float32) -> float:
+    """Best GEMM FLOP/s this process reaches with `threads` threads in `dtype`."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     best, deadline = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         start = time.perf_counter()

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import multiprocessing
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -80,21 +81,28 @@ def wait_saturated(client: Client, streams: int, timeout: float = 300.0) -> None
         time.sleep(0.1)
 
 
+def probe_loaded(client: Client, load: Callable[..., None], args: tuple[Any, ...], streams: int,
+                 count: int) -> tuple[list[float], int, float]:
+    """`status` timings while `load(*args)` (another process) keeps `streams` generations
+    running: (seconds per call, fewest generations seen running, tokens/s meanwhile)."""
+    worker = multiprocessing.get_context("spawn").Process(target=load, args=args, daemon=True)
+    worker.start()
+    try:
+        wait_saturated(client, streams)
+        tokens, start = generated(client), time.perf_counter()
+        times, fewest = probe(client, count)
+        return times, fewest, (generated(client) - tokens) / (time.perf_counter() - start)
+    finally:
+        worker.terminate()
+        worker.join()
+
+
 def measure(daemon: DaemonProcess, count: int, streams: int, max_tokens: int) -> dict[str, Any]:
     with daemon.client(timeout=60.0) as client:
         probe(client, count // 10)  # warm-up: connection, first replies
         idle, _ = probe(client, count)
-        load = multiprocessing.get_context("spawn").Process(
-            target=saturate, args=(str(daemon.runtime_dir), streams, max_tokens), daemon=True)
-        load.start()
-        try:
-            wait_saturated(client, streams)
-            tokens, start = generated(client), time.perf_counter()
-            loaded, fewest = probe(client, count)
-            rate = (generated(client) - tokens) / (time.perf_counter() - start)
-        finally:
-            load.terminate()
-            load.join()
+        loaded, fewest, rate = probe_loaded(client, saturate, (str(daemon.runtime_dir), streams, max_tokens),
+                                            streams, count)
         client.call("unload", name=MODEL, force=True)
     return {**figures("idle", idle), **figures("loaded", loaded), "loaded_generations_running_min": fewest,
             "streams": streams, "loaded_tokens_per_s": rate}

@@ -7,7 +7,9 @@ submitted at once. `peak_running` is the most sequences the engine held at once;
 theoretical maximum is what the same scheduler admits for the same lengths when the
 cache wastes nothing (1-token blocks, the same bytes), replayed without the model. The
 waste fraction is 1 - peak / maximum (the vLLM paper reports under 4% waste). The replay
-at the engine's block size also gives the share of allocated KV slots holding no token.
+at the engine's block size also gives the share of allocated KV slots holding no token,
+and `first_fill_running` how many prompts, in arrival order, fit at once in whole blocks
+and in single tokens: the rounding of prompts to blocks alone bounds the peak there.
 
 Prefix caching: requests sharing a long system prompt, burst after one warm-up request,
 with `enable_prefix_caching` on and off. Target: at least 2x the throughput with it on.
@@ -61,9 +63,23 @@ def replay(work: list[tuple[int, int]], capacity_tokens: int, block_size: int, l
     return {"peak_running": peak, "slot_waste_fraction": 1 - held / slots if slots else 0.0}
 
 
+def first_fill(work: list[tuple[int, int]], capacity_tokens: int, block_size: int) -> int:
+    """How many requests, in arrival order, have their whole prompts fit in the cache at
+    once (blocks rounded up), plus one partly prefilled if a block is left: the running
+    count the first fill can reach under any first-come-first-served admission."""
+    free, count = capacity_tokens // block_size, 0
+    for prompt, _ in work:
+        need = -(-prompt // block_size)
+        if need > free:
+            return count + (free > 0)
+        free, count = free - need, count + 1
+    return count
+
+
 def engine_peak(model: str, work: list[tuple[int, int]], blocks: int, limits: Limits,
                 threads: int) -> dict[str, int]:
-    per_block = ModelConfig.from_dir(Path(model)).kv_bytes_per_token(4) * BLOCK_SIZE
+    itemsize = {"float32": 4, "bfloat16": 2, "float16": 2}[EngineConfig(model=model).dtype_name(on_cuda=False)]
+    per_block = ModelConfig.from_dir(Path(model)).kv_bytes_per_token(itemsize) * BLOCK_SIZE
     cfg = EngineConfig(model=model, max_model_len=limits.max_model_len, kv_cache_memory=blocks * per_block,
                        block_size=BLOCK_SIZE, max_num_batched_tokens=limits.max_num_batched_tokens,
                        max_num_seqs=limits.max_num_seqs, threads_per_device=threads, enable_prefix_caching=False)
@@ -90,6 +106,8 @@ def admission(model: str, quick: bool, batched: int, threads: int) -> dict[str, 
             "peak_running": measured["peak_running"], "theoretical_max_running": ideal["peak_running"],
             "waste_fraction": 1 - measured["peak_running"] / ideal["peak_running"],
             "replay_peak_running": paged["peak_running"],
+            "first_fill_running": {"ideal": first_fill(work, blocks * BLOCK_SIZE, 1),
+                                   "paged": first_fill(work, blocks * BLOCK_SIZE, BLOCK_SIZE)},
             "slot_waste_fraction": paged["slot_waste_fraction"], "preemptions": measured["preemptions"]}
 
 

@@ -18,7 +18,8 @@ from .params import F, schema_argument, schema_option
 
 # The command line's words for the sampling options: defaults the user cannot see in the schema.
 _SAMPLING_HELP = {
-    "max_tokens": "Most tokens to generate (default 256).",
+    "max_tokens": "Most tokens to generate (default 256, fewer where the context ends; "
+                  "more than the context leaves is refused).",
     "temperature": "0 = greedy (the default).",
     "top_p": "Nucleus sampling mass.",
     "top_k": "Sample among the k likeliest; 0 = no limit.",

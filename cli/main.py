@@ -10,7 +10,7 @@ import click
 
 from mgpud.ipc.errors import MgpudError
 
-from . import chat, completion, devices, generate, lifecycle, metrics, plan, ps, serve, status, top, up
+from . import cancel, chat, completion, devices, generate, lifecycle, metrics, plan, ps, serve, status, top, up
 from .context import Settings, global_options
 from .exits import FAILED, INTERRUPTED, USAGE, CliError, code_for, say
 
@@ -75,7 +75,7 @@ def cli(ctx: click.Context) -> None:
         ctx.color = False
 
 
-for module in (serve, up, status, devices, ps, lifecycle, generate, chat, plan, top, metrics, completion):
+for module in (serve, up, status, devices, ps, lifecycle, generate, cancel, chat, plan, top, metrics, completion):
     for command in module.COMMANDS:
         cli.add_command(command)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import click
@@ -10,7 +11,7 @@ from mgpud.records import ModelRecord, ReplicaFigures, from_wire
 from mgpud.units import fmt_bytes
 
 from .context import Settings, global_options, pass_settings
-from .output import fmt_ms, fmt_rate, state, table
+from .output import fmt_duration, fmt_ms, fmt_rate, state, table
 
 HEADERS = ("NAME", "REPLICA", "TP x DP", "DEVICES", "STATE", "MEMORY", "KV USE", "RUN/WAIT",
            "TOK/S", "TTFT P95", "PIDS")
@@ -22,7 +23,8 @@ RIGHT = frozenset({1, 5, 6, 7, 8, 9})
 @pass_settings
 def ps(settings: Settings) -> None:
     """One row per model and replica: name, tp x dp, devices, state, memory, KV cache use,
-    running/waiting requests, tokens/s (last 10 s), TTFT p95 and worker PIDs.
+    running/waiting requests, tokens/s (last 10 s), TTFT p95 and worker PIDs; then the
+    running generations, with the ids `mgpud cancel` takes.
 
     \b
     Examples:
@@ -36,7 +38,16 @@ def format_models(reply: dict[str, Any]) -> str:
     models = [from_wire(ModelRecord, m) for m in reply["models"]]
     if not models:
         return "no model loaded; load one with `mgpud load demo`"
-    return table(HEADERS, [row for m in models for row in model_rows(m)], RIGHT)
+    text = table(HEADERS, [row for m in models for row in model_rows(m)], RIGHT)
+    running = reply.get("generations")  # absent from an older daemon's reply
+    return text + "\n\n" + generation_table(running) if running else text
+
+
+def generation_table(running: list[dict[str, Any]]) -> str:
+    """The running generations, oldest first: the ids `mgpud cancel` takes."""
+    now = time.time()
+    rows = [[g["id"], g["model"], g["via"], fmt_duration(now - g["started_at"])] for g in running]
+    return table(("GENERATION", "MODEL", "VIA", "RUNNING"), rows, frozenset({3}))
 
 
 def model_rows(m: ModelRecord) -> list[list[str]]:

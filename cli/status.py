@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from mgpud.ipc import DaemonUnavailable
 
 from mgpud import __version__
-from mgpud.ipc import DaemonUnavailable
 from mgpud.records import DaemonSummary, ModelRecord, from_wire
 
 from .context import Settings, global_options, pass_settings
@@ -34,6 +34,7 @@ def format_status(s: dict[str, Any]) -> str:
         f"mgpud {d.version} (protocol {d.protocol}), pid {d.pid}, {state(d.state)} for {fmt_duration(d.uptime_s)}",
         f"  control   {s['control_socket']}",
         f"  events    {s['events_socket']}",
+        f"  http      {s.get('http') or 'off'}",
         f"  state     {s['state_file']}",
         f"  config    {s['config_file'] or 'none (flags and defaults)'}",
         f"  devices   {devices['total']} {'/'.join(devices['kinds'])}, {devices['free']} free",

@@ -4,6 +4,7 @@ they may use, read at the last telemetry, with the engine limits they would appl
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mgpud.ipc import errors as codes
@@ -33,6 +34,22 @@ def _without(device: Device, pids: set[int]) -> Device:
     used = max(0, device.memory_used - theirs)
     free = None if device.memory_total is None else device.memory_total - used
     return replace(device, memory_used=used, memory_free=free)
+
+
+def check_model(model: str, tp: int) -> None:
+    """Refuse what the model alone rules out, before any device is counted: a directory
+    missing or damaged, an architecture not supported, a tp its heads cannot be split by
+    (that is the true reason, whatever the devices). Blocking (it reads the config and the
+    weights' headers): run it in a thread. Raises EngineError."""
+    from mgpud.engine.core.prepared import check_model_dir
+    from mgpud.engine.exceptions import ModelLoadError
+    from mgpud.engine.planning.planner import load_model
+    from mgpud.engine.store.demo import DEMO_NAME
+
+    config = load_model(model)[0] if model == DEMO_NAME else check_model_dir(Path(model).expanduser())
+    if tp and (problem := config.tp_problem(tp)):
+        possible = ", ".join(map(str, config.valid_tp_degrees()))
+        raise ModelLoadError(f"{problem}, so each rank cannot hold whole heads; tp may be {possible}")
 
 
 def run_planner(model: str, devices: list[Device], tp: int, dp: int, limits: dict[str, Any],

@@ -17,6 +17,7 @@ from .histograms import ObservedOutputs
 log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], None]
+HTTP_CLIENT = b"http"  # the client identity of HTTP calls (ZeroMQ clients have their own)
 
 
 @dataclass(eq=False)  # hashed by identity: a model holds a set of them
@@ -28,6 +29,8 @@ class Call:
     emit: Emit  # sends a frame to the client
     cancelled: bool = False
     on_cancel: Callable[[], None] | None = None
+    request_id: str | None = None  # a generation's daemon-wide id: any client may cancel it by that
+    started_at: float | None = None  # time.time() when a generation began
 
     def cancel(self) -> None:
         self.cancelled = True

@@ -78,10 +78,12 @@ async def devices(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
 
 @handler
 async def models(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
-    """models {} -> {models: [model]}: name, model, state, tp, dp, devices, error, progress,
-    reasons, loaded_at, and stats: the engine group's figures (totals, token rates, latency
-    percentiles) with one entry per replica (state, devices, pids, memory, load)."""
-    return {"models": [to_wire(m) for m in d.models.describe_all()]}
+    """models {} -> {models: [model], generations: [generation]}: per model name, model, state,
+    tp, dp, devices, error, progress, reasons, loaded_at, and stats: the engine group's
+    figures (totals, token rates, latency percentiles) with one entry per replica (state,
+    devices, pids, memory, load); per running generation its daemon-wide id (what `cancel`
+    takes as request), model, via (control or http) and started_at."""
+    return {"models": [to_wire(m) for m in d.models.describe_all()], "generations": d.models.generations()}
 
 
 @handler
@@ -171,14 +173,24 @@ async def generate(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
 
 @handler
 async def cancel(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
-    """cancel {id} -> {cancelled: bool}. Cancels the generate with that id sent earlier on the
-    same connection; it then ends with finish_reason "cancelled". False when no such
-    generation runs (it may just have finished)."""
-    target = d.calls.get((call.client, req.args["id"]))
+    """cancel {id | request | model | all} -> {cancelled: bool, requests: [request_id]}.
+    Cancels the generate with that id sent earlier on the same connection; or the generation
+    with that daemon-wide request_id, from any client; or every generation of a model
+    (not_found without such a model); or, with all=true, every generation. Each then ends
+    with finish_reason "cancelled". cancelled: whether any was; false when none runs (it
+    may just have finished)."""
+    args = req.args
+    if args["id"] is not None:
+        return _cancel_own(d.calls.get((call.client, args["id"])))
+    ids = [] if args["all"] is False else d.models.cancel(args["request"], args["model"])
+    return {"cancelled": bool(ids), "requests": ids}
+
+
+def _cancel_own(target: Call | None) -> dict[str, Any]:
     if target is None or target.op != "generate":
-        return {"cancelled": False}
+        return {"cancelled": False, "requests": []}
     target.cancel()
-    return {"cancelled": True}
+    return {"cancelled": True, "requests": [target.request_id] if target.request_id else []}
 
 
 @handler

@@ -10,9 +10,10 @@ waits on model work.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,8 +24,9 @@ from mgpud.ipc.schema import ENGINE_LIMIT_KEYS, SAMPLING_KEYS
 
 from mgpud.records import LoadProgress, ModelRecord, to_wire
 
-from .advisor import run_planner, usable_devices
-from .generation import Call, Emit, collect, generation_error
+from . import memory
+from .advisor import check_model, run_planner, usable_devices
+from .generation import HTTP_CLIENT, Call, Emit, collect, generation_error
 from .statefile import StateStore
 from .threads import call_soon, in_thread
 
@@ -85,6 +87,8 @@ class ModelManager:
         self._store = store
         self._publish = publish  # lifecycle events onto the events socket
         self._engine_defaults = engine_defaults  # of the current config: SIGHUP may change them
+        self._releaser = memory.Releaser()  # hands back what long prompts took
+        self._generation_ids = itertools.count(1)
 
     # -- load / unload ------------------------------------------------------------------
 
@@ -108,6 +112,8 @@ class ModelManager:
         spec = {k: v for k, v in args.items() if k != "wait"} | {"name": name}
         model = self.models[name] = Model(name, spec, persist)  # holds the name while planning
         try:
+            if not persist:  # a model of the state file fails in finish_load: it stays, as failed
+                await self._check_model(spec)
             devices = self._devices_for(spec)
             if not (spec["tp"] and spec["dp"]):
                 spec["tp"], spec["dp"], model.reasons = await self._plan_shape(spec, devices)
@@ -132,7 +138,6 @@ class ModelManager:
                 name=f"mgpud-load-{model.name}")
         except Exception as exc:
             model.state, model.error, model.starting = "failed", str(exc) or type(exc).__name__, []
-            log.error("loading %s failed: %s", model.name, model.error)
             self._publish({"kind": "model_failed", "model": model.name, "error": model.error})
             raise MgpudError(codes.LOAD_FAILED, f"loading {model.name}: {model.error}") from None
         finally:
@@ -141,7 +146,6 @@ class ModelManager:
             await in_thread(group.shutdown, name=f"mgpud-stop-{model.name}")
             raise MgpudError(codes.SHUTTING_DOWN, f"{model.name} was unloaded while it loaded")
         model.group, model.state, model.loaded_at, model.persist = group, "ready", time.time(), True
-        log.info("%s ready: tp=%d dp=%d on %s", model.name, spec["tp"], spec["dp"], model.describe().devices)
         self._publish({"kind": "model_ready", "model": model.name, "tp": spec["tp"], "dp": spec["dp"]})
         await self.save()
 
@@ -179,6 +183,7 @@ class ModelManager:
             report = await in_thread(lambda: model.group.reconfigure(
                 tp, dp, progress=lambda p: call_soon(loop, progress, p)), name=f"mgpud-reshape-{name}")
         except EngineError as exc:
+            log.warning("reshaping %s to tp=%d dp=%d failed: %s", name, tp, dp, exc)
             raise MgpudError(codes.LOAD_FAILED, f"reconfiguring {name}: {exc}") from None
         finally:
             model.state = "ready" if model.state == "reconfiguring" else model.state
@@ -239,6 +244,7 @@ class ModelManager:
         returns the final result."""
         from mgpud.engine.core.sampling import SamplingParams
 
+        call.request_id, call.started_at = f"gen-{next(self._generation_ids)}", time.time()
         self._check_accepting()
         model = self.get(args["model"])
         if model.state not in SERVING:
@@ -257,19 +263,32 @@ class ModelManager:
             call.on_cancel = lambda: model.group.cancel(request_id)
             if call.cancelled:
                 call.cancel()
-            return await collect(model.name, outputs, call.emit if args["stream"] else None)
+            return {"request_id": call.request_id,
+                    **await collect(model.name, outputs, call.emit if args["stream"] else None)}
         except Exception as exc:
             raise generation_error(model.name, exc) from None
         finally:
+            self._releaser.after(args)
             model.calls.discard(call)
             model.running -= 1
             if model.running == 0:
                 model.idle.set()
 
+    def generations(self) -> list[dict[str, Any]]:
+        """The generations running, oldest first, as `models` lists them."""
+        return [_generation(call, model) for call, model in _running(self.models.values())]
+
+    def cancel(self, request: str | None = None, model: str | None = None) -> list[str]:
+        """Cancel the generation with that daemon-wide id, or those of a model, or (neither
+        given) all; the ids of those cancelled, oldest first."""
+        models = [self.get(model)] if model is not None else self.models.values()
+        calls = [call for call, _ in _running(models) if request is None or call.request_id == request]
+        for call in calls:
+            call.cancel()
+        return [str(call.request_id) for call in calls]
+
     def cancel_all(self) -> None:
-        for model in self.models.values():
-            for call in list(model.calls):
-                call.cancel()
+        self.cancel()
 
     # -- shutdown -----------------------------------------------------------------------
 
@@ -332,6 +351,15 @@ class ModelManager:
             raise MgpudError(codes.BUSY, f"{shape}; {len(devices)} of {len(self.inventory)} are free "
                              f"({', '.join(d.id for d in devices) or 'none'}): unload a model or use a smaller shape")
 
+    async def _check_model(self, spec: dict[str, Any]) -> None:
+        """What the model alone rules out, before the devices are counted."""
+        from mgpud.engine.exceptions import EngineError
+
+        try:
+            await asyncio.to_thread(check_model, spec["model"], spec["tp"])
+        except EngineError as exc:
+            raise MgpudError(codes.LOAD_FAILED, f"loading {spec['name']}: {exc}") from None
+
     async def _plan_shape(self, spec: dict[str, Any], devices: list[Device]) -> tuple[int, int, list[str]]:
         """The planner's (tp, dp) for this model on `devices` where the load left one at 0."""
         from mgpud.engine.exceptions import EngineError
@@ -387,6 +415,17 @@ async def _all_idle(models: Any, timeout: float) -> bool:
     for w in pending:
         w.cancel()
     return not pending
+
+
+def _running(models: Iterable[Model]) -> list[tuple[Call, str]]:
+    """The generations of `models` with their model's name, oldest first."""
+    running = [(call, m.name) for m in models for call in m.calls]
+    return sorted(running, key=lambda pair: pair[0].started_at or 0)
+
+
+def _generation(call: Call, model: str) -> dict[str, Any]:
+    via = "http" if call.client == HTTP_CLIENT else "control"
+    return {"id": call.request_id, "model": model, "via": via, "started_at": call.started_at}
 
 
 def _workers(model: Model) -> dict[str, set[int]]:

@@ -23,13 +23,18 @@ from mgpud.ipc import framing, paths
 from mgpud.ipc.client import AsyncClient, probe_socket
 from mgpud.ipc.errors import INTERNAL, DaemonUnavailable, MgpudError
 from mgpud.ipc.framing import RequestId
-from mgpud.ipc.schema import BadRequest, Request, parse_request
+from mgpud.ipc.schema import BadRequest, Request
+from mgpud.ipc.trust import UnsafePath, take_dir
 
 from mgpud import __version__
 from mgpud.records import DaemonSummary, to_wire
 
+from . import memory
+from .door import Door
+from .eventlog import log_event
 from .generation import Call
 from .handlers import HANDLERS
+from .journal import setup_logging
 from .manager import ModelManager
 from .notify import Notifier, watchdog_interval
 from .peers import Peers
@@ -210,8 +215,10 @@ class Daemon:
                              f"path ({SUN_PATH_MAX} bytes at most); choose a shorter --runtime-dir")
         lock_path = self.runtime_dir / "mgpud.lock"
         try:
-            self.runtime_dir.mkdir(mode=0o770, parents=True, exist_ok=True)
+            self._take_dirs()
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+        except UnsafePath as exc:
+            raise StartError(str(exc)) from None
         except OSError as exc:
             raise StartError(f"cannot use the runtime directory {self.runtime_dir}: {exc.strerror}; "
                              "choose another with --runtime-dir or $MGPUD_RUNTIME_DIR") from None
@@ -232,6 +239,13 @@ class Daemon:
                 log.info("removing the stale socket %s left by a daemon that is gone", path)
                 path.unlink()
 
+    def _take_dirs(self) -> None:
+        """Create the runtime and state directories, or check those there (UnsafePath): a user
+        who may write into them could take the control socket or rewrite the state file."""
+        private = self.runtime_dir == paths.fallback_dir()
+        take_dir(self.runtime_dir, "runtime directory", "--runtime-dir", 0o770, private)
+        take_dir(self.store.path.parent, "state directory", "--state-dir", 0o700)
+
     async def _other_daemon(self) -> str:
         """Who holds the runtime directory, for the error message."""
         try:
@@ -251,6 +265,7 @@ class Daemon:
         self.events = self.ctx.socket(zmq.PUB)
         self.events.setsockopt(zmq.LINGER, 0)
         self.peers = Peers(self.control, self._client_gone)
+        self.door = Door(self._admit, lambda coro, name: self.spawn(coro, name=name))
         try:
             self.control.bind(paths.endpoint(self.control_path))
             self.events.bind(paths.endpoint(self.events_path))
@@ -259,6 +274,7 @@ class Daemon:
             raise StartError(f"cannot listen in {self.runtime_dir}: {exc}") from None
 
     def _close_sockets(self) -> None:
+        self.door.close()
         self.peers.close()
         self.control.close()
         self.events.close()
@@ -286,10 +302,12 @@ class Daemon:
         if len(envelope) > 2 or (len(envelope) == 2 and envelope[1]):
             self._refuse(frames[:1], BadRequest("a request is a single frame holding one msgpack map"))
             return
-        try:
-            req = parse_request(payload)
-        except BadRequest as exc:
-            self._refuse(envelope, exc)
+        self.door.enter(envelope, payload)
+
+    def _admit(self, envelope: list[bytes], req: Request | BadRequest) -> None:
+        """Start a request the door parsed, in the order its client sent it."""
+        if isinstance(req, BadRequest):
+            self._refuse(envelope, req)
             return
         key = (envelope[0], req.id)
         if key in self.calls:
@@ -305,7 +323,9 @@ class Daemon:
                 call.cancel()
 
     def _refuse(self, envelope: list[bytes], exc: BadRequest) -> None:
+        # Refused at the door, before any operation ran: malformed, and an error reply like any other.
         self.counters["malformed"] += 1
+        self.counters[f"error:{exc.code}"] += 1
         self.send(envelope, framing.error(exc.req_id, exc.code, exc.message))
 
     async def _answer(self, envelope: list[bytes], key: tuple[bytes, RequestId], req: Request, call: Call) -> None:
@@ -335,6 +355,8 @@ class Daemon:
             self.notifier.status(self.status_line())
 
     def publish(self, topic: str, data: dict[str, Any]) -> None:
+        if topic == "event":
+            log_event(data)
         sent = self.events.send_multipart(framing.event(topic, data, time.time()), flags=zmq.NOBLOCK)
         sent.exception()  # a PUB socket drops rather than fail; nothing to report
 
@@ -384,7 +406,7 @@ class Daemon:
         text = f"{ready} model(s) ready, {running} generation(s) running"
         if loading and loading[0].progress:
             p = loading[0].progress
-            text += f"; loading {loading[0].name}: {p['phase']} {p['message']}".rstrip()
+            text += f"; loading {loading[0].name}: {p.phase} {p.message}".rstrip()
         return text
 
 
@@ -400,12 +422,7 @@ def _check_stale(path: Path) -> None:
 
 def run_daemon(config: DaemonConfig) -> int:
     """Run the daemon in the foreground until SIGTERM or a shutdown request; the exit code."""
-    _setup_logging(config.log_level)
+    setup_logging(config.log_level)
+    memory.fix_thresholds()
     os.umask(0o007)  # sockets and files group-accessible only: the mgpud group controls the daemon
     return asyncio.run(Daemon(config).run())
-
-
-def _setup_logging(level: str) -> None:
-    # journald stamps each line itself; a terminal needs the time.
-    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
-    logging.basicConfig(level=level.upper(), format=f"{stamp}%(levelname)s %(name)s: %(message)s")

@@ -6,12 +6,13 @@ spellings; `EngineConfig` holds the knobs an operator sets for one replica.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .exceptions import ModelLoadError
+from .jsonfile import read_json
+from .hosts.cpu_features import default_dtype
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 
@@ -82,7 +83,7 @@ class ModelConfig:
         if not file.is_file():
             raise ModelLoadError(f"{file} is missing: a model directory needs config.json "
                                  "(Hugging Face format: config.json, *.safetensors, tokenizer.json)")
-        return cls.from_dict(json.loads(file.read_text()))
+        return cls.from_dict(read_json(file))
 
     def check_supported(self) -> None:
         if self.architecture not in SUPPORTED_ARCHITECTURES:
@@ -128,7 +129,7 @@ class EngineConfig:
 
     model: str
     tp: int = 1
-    dtype: str | None = None
+    dtype: str | None = None  # None or "auto": see dtype_name
     max_model_len: int | None = None
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048
@@ -151,12 +152,14 @@ class EngineConfig:
             problems.append(f"max_num_seqs must be >= 1 (got {self.max_num_seqs})")
         if self.max_num_batched_tokens < self.block_size:
             problems.append(f"max_num_batched_tokens must be >= block_size (got {self.max_num_batched_tokens})")
-        if self.dtype is not None and self.dtype not in _DTYPE_NAMES:
-            problems.append(f"dtype {self.dtype!r} unknown; use float32, bfloat16 or float16")
+        if self.dtype not in (None, "auto") and self.dtype not in _DTYPE_NAMES:
+            problems.append(f"dtype {self.dtype!r} unknown; use auto, float32, bfloat16 or float16")
         if problems:
             raise ModelLoadError("; ".join(problems))
 
     def dtype_name(self, on_cuda: bool) -> str:
-        if self.dtype:
+        """The dtype weights and KV run in. auto: bfloat16 on CUDA and on CPUs with bf16 matrix
+        instructions, float32 on other CPUs, where bf16 matmuls are emulated and run slower."""
+        if self.dtype not in (None, "auto"):
             return _DTYPE_NAMES[self.dtype]
-        return "bfloat16" if on_cuda else "float32"
+        return default_dtype(on_cuda)

@@ -2,7 +2,8 @@
 
 Request ids and encoding, routing each reply to the inbox of its request, a stream's
 state from its frames to its final reply, the liveness rule of docs/protocol.md ("when
-nothing has arrived for `timeout` seconds, send a ping ..."), and the sockets' setup.
+nothing has arrived for `timeout` seconds, send a ping ..."), and the sockets' setup once
+their owner is one to trust (mgpud.ipc.trust).
 The two clients add only how they wait: a blocking poll, or asyncio.
 """
 
@@ -20,25 +21,35 @@ import zmq
 
 from mgpud.units import fmt_bytes
 
-from . import framing, paths
+from . import framing, paths, trust
 from .errors import BadRequest, DaemonUnavailable, ProtocolError, RemoteError
 from .framing import FRAME, RequestId
+from .trust import UnsafePath
 
 DEFAULT_TIMEOUT = 5.0  # seconds
 
 Reply = dict[str, Any]  # a parsed message of the control socket (see framing.parse_reply)
 
 
+JOIN_GROUP = "add your user to the mgpud group and log in again"
+
+
 def probe_socket(path: Path) -> None:
-    """Raise DaemonUnavailable unless something listens on the socket file `path`."""
-    if not path.exists():
-        raise DaemonUnavailable(str(path), "the socket file does not exist")
+    """Raise DaemonUnavailable unless something listens on the socket file `path`, owned
+    by a user this client trusts (mgpud.ipc.trust.check_socket)."""
+    try:
+        trust.check_socket(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise DaemonUnavailable(str(path), "the socket file does not exist") from None
+    except PermissionError:
+        raise DaemonUnavailable(str(path), "permission denied", JOIN_GROUP) from None
+    except UnsafePath as exc:
+        raise DaemonUnavailable(str(path), exc.problem, exc.fix) from None
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         try:
             s.connect(str(path))
         except PermissionError:
-            raise DaemonUnavailable(
-                str(path), "permission denied: add your user to the mgpud group") from None
+            raise DaemonUnavailable(str(path), "permission denied", JOIN_GROUP) from None
         except OSError as exc:
             why = "nothing listens on it" if exc.errno == errno.ECONNREFUSED else exc.strerror
             raise DaemonUnavailable(str(path), why) from None

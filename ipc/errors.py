@@ -70,14 +70,13 @@ class ProtocolError(MgpudError):
         super().__init__(INTERNAL, message)
 
 
-class DaemonUnavailable(MgpudError):
-    """No daemon answers on the control socket."""
+START_DAEMON = "start it with `systemctl start mgpud` or `mgpud serve`"
 
-    def __init__(self, socket_path: str, reason: str) -> None:
-        super().__init__(
-            NO_DAEMON,
-            f"no daemon at {socket_path} ({reason}): start it with "
-            "`systemctl start mgpud` or `mgpud serve`",
-        )
+
+class DaemonUnavailable(MgpudError):
+    """No daemon answers on the control socket (or none this client may trust): why, and the fix."""
+
+    def __init__(self, socket_path: str, reason: str, fix: str = START_DAEMON) -> None:
+        super().__init__(NO_DAEMON, f"no daemon at {socket_path} ({reason}): {fix}")
         self.socket_path = socket_path
         self.reason = reason

@@ -27,6 +27,12 @@ ERROR = "error"
 RequestId = str | int
 
 
+def speaks_our_version(v: Any) -> bool:
+    """Whether a message's `v` is this protocol's: an int, so that neither true nor 1.0
+    passes for 1 (both compare equal to it in Python)."""
+    return type(v) is int and v == PROTOCOL_VERSION
+
+
 def pack(message: dict[str, Any]) -> bytes:
     return msgpack.packb(message, use_bin_type=True)
 
@@ -71,7 +77,7 @@ def parse_reply(data: bytes) -> dict[str, Any]:
         raise ProtocolError(f"undecodable reply from the daemon: {exc}") from None
     if not isinstance(msg, dict) or msg.get("type") not in (FRAME, RESULT, ERROR):
         raise ProtocolError(f"reply without a valid type: {msg!r:.200}")
-    if msg.get("v") != PROTOCOL_VERSION:
+    if not speaks_our_version(msg.get("v")):
         raise ProtocolError(f"daemon speaks protocol {msg.get('v')!r}, this client {PROTOCOL_VERSION}")
     if not isinstance(msg.get("id"), (str, int, type(None))):
         raise ProtocolError(f"reply with an invalid id: {msg.get('id')!r:.100}")

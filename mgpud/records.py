@@ -167,6 +167,7 @@ class Device:
     uuid: str | None = None
     nvml_index: int | None = None  # NVML's index; differs from `index` under CUDA_VISIBLE_DEVICES
     threads: int | None = None  # CPU devices: torch threads for the worker
+    native_bf16: bool | None = None  # CPU devices: bf16 matrix instructions, so dtype auto = bf16
     memory_total: int | None = None  # bytes (CPU: the configured capacity)
     memory_used: int | None = None  # bytes (CPU: RSS of the device's workers)
     memory_free: int | None = None  # bytes

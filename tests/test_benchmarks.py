@@ -60,6 +60,11 @@ def check_control_latency(r: dict[str, Any]) -> None:
     assert positive(r["idle_p99_ms"]) and positive(r["loaded_p99_ms"])
 
 
+def check_http_overhead(r: dict[str, Any]) -> None:
+    assert all(positive(r[k]) for k in ("http_tok_s", "zmq_tok_s", "ratio", "control_p99_ms"))
+    assert r["http_generated_tokens"] > 0 and r["zmq_generated_tokens"] > 0
+
+
 def check_step_overhead(r: dict[str, Any]) -> None:
     for batch in (1, 16, 64):
         b = r[f"batch_{batch}"]
@@ -106,7 +111,8 @@ def check_serving(r: dict[str, Any]) -> None:
 
 CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
     "throughput": check_throughput, "scaling": check_scaling, "kernels": check_kernels,
-    "control_latency": check_control_latency, "step_overhead": check_step_overhead,
+    "control_latency": check_control_latency, "http_overhead": check_http_overhead,
+    "step_overhead": check_step_overhead,
     "kv_efficiency": check_kv_efficiency, "memory_overhead": check_memory_overhead,
     "load_time": check_load_time, "serving": check_serving,
 }

@@ -162,7 +162,7 @@ def test_ps_with_no_model(daemon: Daemon) -> None:
     result = daemon.cli("ps")
     assert result.exit_code == 0
     assert result.stdout == "no model loaded; load one with `mgpud load demo`\n"
-    assert json.loads(daemon.cli("ps", "--json").stdout) == {"models": []}
+    assert json.loads(daemon.cli("ps", "--json").stdout) == {"models": [], "generations": []}
 
 
 # -- "tiny" served on cpu:0 -----------------------------------------------------------------
@@ -253,6 +253,7 @@ def test_generate_json(daemon: Daemon, served: dict[str, Any]) -> None:
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert set(data) >= {"text", "token_ids", "finish_reason", "usage", "timings"}
+    assert re.fullmatch(r"gen-\d+", data["request_id"])  # what `mgpud cancel` takes
     assert len(data["token_ids"]) == data["usage"]["completion_tokens"] == 5
     assert data["finish_reason"] == "length"
     assert set(data["timings"]) >= {"ttft_ms", "total_ms", "decode_tokens_per_s"}
@@ -284,6 +285,41 @@ def test_ctrl_c_cancels_the_generation_on_the_daemon(daemon: Daemon, served: dic
                      "the generation to stop", 30)
     generated = stats["generation_tokens_total"] - before
     assert generated < LONG // 2, f"{generated} tokens: the daemon went on generating"
+
+
+def _generating(daemon: Daemon, count: int) -> tuple[list[subprocess.Popen[str]], list[str]]:
+    """`count` long CLI generations streaming; their ids as the daemon lists them."""
+    procs = [daemon.spawn("generate", "tiny", "Hello", "--max-tokens", str(LONG - 100), "--ignore-eos")
+             for _ in range(count)]
+    for proc in procs:
+        assert proc.stdout is not None
+        proc.stdout.read(1)  # tokens are streaming
+    return procs, [g["id"] for g in daemon.call("models")["generations"]]
+
+
+def _ended_cancelled(procs: list[subprocess.Popen[str]]) -> None:
+    for proc in procs:
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and "finish: cancelled" in err, err
+
+
+def test_cancel_stops_the_generations_of_other_clients(daemon: Daemon, served: dict[str, Any]) -> None:
+    procs, [one] = _generating(daemon, 1)
+    listed = daemon.cli("ps").stdout.splitlines()
+    assert listed[-2].split() == ["GENERATION", "MODEL", "VIA", "RUNNING"]
+    assert listed[-1].split()[:3] == [one, "tiny", "control"]
+    result = daemon.cli("cancel", one)
+    assert (result.exit_code, result.stdout) == (0, f"cancelled {one}\n")
+    _ended_cancelled(procs)
+    gone = daemon.cli("cancel", one)
+    assert gone.exit_code == 1 and f"no generation {one} is running" in gone.stderr
+    procs, ids = _generating(daemon, 2)
+    by_model = daemon.cli("cancel", "--model", "tiny", "--json")
+    assert json.loads(by_model.stdout) == {"cancelled": True, "requests": ids}
+    _ended_cancelled(procs)
+    assert json.loads(daemon.cli("cancel", "--all", "--json").stdout) == {"cancelled": False, "requests": []}
+    assert daemon.cli("cancel").exit_code == 2
+    assert daemon.cli("cancel", "--model", "nosuch").exit_code == 1
 
 
 def test_chat_keeps_history_until_reset(daemon: Daemon, served: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ from click.testing import CliRunner, Result
 from checkpoints import make_tiny_checkpoint
 from mgpud.cli.main import cli
 
-COMMANDS = ("serve", "status", "devices", "gpus", "ps", "load", "unload", "scale", "generate", "chat",
+COMMANDS = ("serve", "status", "devices", "gpus", "ps", "load", "unload", "scale", "generate", "cancel", "chat",
             "plan", "top", "metrics", "shutdown", "version", "completion")
 
 

@@ -15,7 +15,8 @@ from oracle import hf_logprobs
 def test_generate_returns_logprobs_and_prompt_logprobs(tiny_llama: Path) -> None:
     prompt = [5, 17, 42, 99, 7, 300]
     with DaemonProcess(devices="cpu:1") as d, d.client(timeout=30) as c:
-        c.call("load", model=str(tiny_llama), name="tiny", tp=1, dp=1, kv_cache_memory=2 << 20, max_model_len=256)
+        c.call("load", model=str(tiny_llama), name="tiny", tp=1, dp=1, dtype="float32", kv_cache_memory=2 << 20,
+               max_model_len=256)
         stream = c.stream("generate", model="tiny", prompt=prompt, max_tokens=4, ignore_eos=True,
                           logprobs=1, prompt_logprobs=2)
         frames = list(stream)

@@ -138,7 +138,8 @@ def test_cancel_ends_the_stream(daemon: DaemonProcess) -> None:
         stream = c.stream("generate", model="tiny", prompt=[5, 6], max_tokens=200, ignore_eos=True)
         frames = iter(stream)
         next(frames)
-        assert stream.cancel() == {"cancelled": True}
+        reply = stream.cancel()
+        assert reply["cancelled"] and reply["requests"][0].startswith("gen-")
         for _ in frames:
             pass
         assert stream.result["finish_reason"] == "cancelled"
@@ -150,6 +151,18 @@ def test_engine_refusals_are_invalid_request(daemon: DaemonProcess) -> None:
         with pytest.raises(RemoteError) as info:
             c.call("generate", model="tiny", prompt=[5] * 300)
         assert info.value.code == "invalid_request" and "max_model_len" in str(info.value)
+        with pytest.raises(RemoteError) as info:
+            c.call("generate", model="tiny", prompt=[5, 6], max_tokens=99999)
+        assert info.value.code == "invalid_request"
+        assert "max_tokens is 99999 but the 2-token prompt leaves 254 of max_model_len 256" in str(info.value)
+
+
+def test_max_tokens_as_the_context_allows(daemon: DaemonProcess) -> None:
+    with daemon.client() as c:
+        full = c.call("generate", model="tiny", prompt=[5] * 250, max_tokens=6, ignore_eos=True)
+        assert (full["usage"]["completion_tokens"], full["finish_reason"]) == (6, "length")
+        omitted = c.call("generate", model="tiny", prompt=[5] * 250, ignore_eos=True)  # 256 by default: fewer fit
+        assert (omitted["usage"]["completion_tokens"], omitted["finish_reason"]) == (6, "length")
 
 
 def test_a_running_id_cannot_be_reused(daemon: DaemonProcess) -> None:

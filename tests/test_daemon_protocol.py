@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -51,7 +52,7 @@ def malformed_messages(rng: random.Random, count: int) -> Iterator[tuple[list[by
         elif kind == "bad_id":
             yield [pack({"v": 1, "id": rng.choice([None, [1], {"a": 1}, 1.5, "", "x" * 500]), "op": "ping"})], None
         elif kind == "bad_version":
-            yield [pack({"v": rng.choice([0, 2, "1", None, [1]]), "id": rid, "op": "ping"})], rid
+            yield [pack({"v": rng.choice([0, 2, "1", None, [1], True, 1.0]), "id": rid, "op": "ping"})], rid
         elif kind == "bad_op":
             yield [pack({"v": 1, "id": rid, "op": rng.choice([None, 1, ["ping"], {"op": 1}])})], rid
         elif kind == "unknown_op":
@@ -114,18 +115,21 @@ def test_model_less_operations(daemon: DaemonProcess) -> None:
         devices = c.call("devices")["devices"]
         assert [dev["id"] for dev in devices] == ["cpu:0", "cpu:1"]
         assert devices[0]["memory"]["free"] > 0 and devices[0]["model"] is None
-        assert c.call("models") == {"models": []}
+        assert c.call("models") == {"models": [], "generations": []}
         metrics = c.call("metrics")
         assert metrics["daemon"]["requests_total"]["ping"] >= 1
 
 
 def test_every_malformed_message_gets_an_error_and_the_daemon_keeps_serving(daemon: DaemonProcess) -> None:
-    before = daemon.call("metrics")["daemon"]["malformed_total"]
+    before = daemon.call("metrics")["daemon"]
     assert flood(daemon, 1000) == 1000
     with daemon.client() as c:
         assert c.call("status")["state"] == "running"
         after = c.call("metrics")["daemon"]
-    assert after["malformed_total"] - before >= 900  # the rest are argument errors of valid ops
+    malformed = after["malformed_total"] - before["malformed_total"]
+    assert malformed >= 900  # the rest are argument errors of valid ops
+    # Every error reply counts by its code, those refused at the door (malformed) too.
+    assert after["errors_total"]["bad_request"] - before["errors_total"].get("bad_request", 0) == 1000
     assert after["errors_total"].get("internal", 0) == 0
 
 
@@ -160,34 +164,37 @@ def test_multi_frame_request_is_refused(daemon: DaemonProcess) -> None:
         sock.close()
 
 
-def test_model_errors_without_models(daemon: DaemonProcess) -> None:
+def test_model_errors_without_models(daemon: DaemonProcess, tiny_llama: Path) -> None:
     with daemon.client() as c:
         for op, args in [("generate", {"model": "nope", "prompt": "hi"}), ("unload", {"name": "nope"}),
                          ("reconfigure", {"name": "nope", "tp": 2})]:
             with pytest.raises(RemoteError) as info:
                 c.call(op, **args)
             assert info.value.code == "not_found" and "nope" in str(info.value)
-        cases = [({"tp": 3, "dp": 1}, "busy", "needs 3 devices; 2 of 2 are free"),
-                 ({"tp": 1, "dp": 1, "devices": ["cpu:9"]}, "bad_request", "unknown device 'cpu:9'"),
-                 ({"tp": 2, "dp": 1, "devices": ["cpu:0"]}, "bad_request", "needs 2 devices; 1 named"),
-                 ({}, "load_failed", "planning /nonexistent: ")]
-        for args, code, text in cases:
+        # The model's own problems come first: a missing directory, heads a tp cannot split.
+        cases = [("/nonexistent", {"tp": 3, "dp": 1}, "load_failed", "/nonexistent does not exist"),
+                 ("/nonexistent", {}, "load_failed", "/nonexistent does not exist"),
+                 (tiny_llama, {"tp": 3, "dp": 1}, "load_failed", "tp=3 does not divide this model's 4 attention"),
+                 (tiny_llama, {"tp": 2, "dp": 2}, "busy", "needs 4 devices; 2 of 2 are free"),
+                 (tiny_llama, {"tp": 1, "dp": 1, "devices": ["cpu:9"]}, "bad_request", "unknown device 'cpu:9'"),
+                 (tiny_llama, {"tp": 2, "dp": 1, "devices": ["cpu:0"]}, "bad_request", "needs 2 devices; 1 named")]
+        for model, args, code, text in cases:
             with pytest.raises(RemoteError) as info:
-                c.call("load", model="/nonexistent", **args)
+                c.call("load", model=str(model), **args)
             assert info.value.code == code and text in str(info.value), args
-        assert c.call("cancel", id=12345) == {"cancelled": False}
-        assert c.call("models") == {"models": []}
+        assert c.call("cancel", id=12345) == {"cancelled": False, "requests": []}
+        assert c.call("models") == {"models": [], "generations": []}
 
 
-def test_load_failure_is_reported_and_listed(daemon: DaemonProcess) -> None:
+def test_load_failure_is_reported_and_listed(daemon: DaemonProcess, tiny_llama: Path) -> None:
     with daemon.client(timeout=30) as c:
-        with pytest.raises(RemoteError) as info:
-            c.call("load", model="/nonexistent/model", name="broken", tp=1, dp=1)
-        assert info.value.code == "load_failed" and "config.json" in str(info.value)
+        with pytest.raises(RemoteError) as info:  # found as the engine starts: no room for one sequence
+            c.call("load", model=str(tiny_llama), name="broken", tp=1, dp=1, kv_cache_memory=1)
+        assert info.value.code == "load_failed" and "KV cache" in str(info.value)
         [model] = c.call("models")["models"]
         assert (model["name"], model["state"]) == ("broken", "failed") and model["error"]
         assert c.call("unload", name="broken") == {"name": "broken", "unloaded": True}
-        assert c.call("models") == {"models": []}
+        assert c.call("models") == {"models": [], "generations": []}
 
 
 def test_plan_uses_the_daemons_devices(daemon: DaemonProcess) -> None:

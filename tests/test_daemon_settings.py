@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -143,6 +144,18 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     run = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "mgpud.service")],
                          capture_output=True, text=True, check=False)
     assert run.returncode == 0 and "mgpud.service" not in run.stderr, run.stderr
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_systemd_unit_exposure(tmp_path: Path) -> None:
+    unit = (ROOT / "systemd" / "mgpud.service").read_text()
+    (tmp_path / "mgpud.service").write_text(unit.replace("/usr/local/bin/mgpud serve", "/bin/true"))
+    run = subprocess.run(["systemd-analyze", "security", "--offline=true", "mgpud.service"],
+                         cwd=tmp_path, capture_output=True, text=True, check=False)
+    if "--offline" in run.stderr:
+        pytest.skip(f"this systemd-analyze cannot judge a unit file offline: {run.stderr.strip()}")
+    exposure = re.search(r"Overall exposure level for mgpud.service: ([0-9.]+)", run.stdout)
+    assert exposure and float(exposure.group(1)) <= 3.0, run.stdout[-3000:] + run.stderr
 
 
 @pytest.mark.skipif(not shutil.which("systemd-sysusers"), reason="systemd-sysusers is not installed")

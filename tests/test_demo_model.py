@@ -20,7 +20,7 @@ NEW_TOKENS = 24
 @pytest.mark.slow
 @pytest.mark.parametrize("tp", [1, 3])
 def test_demo_chat_greedy_matches_transformers(demo_model: Path, tp: int) -> None:
-    cfg = EngineConfig(model=str(demo_model), tp=tp, max_model_len=512, kv_cache_memory=64 << 20)
+    cfg = EngineConfig(model=str(demo_model), tp=tp, dtype="float32", max_model_len=512, kv_cache_memory=64 << 20)
     with ModelGroup(cfg) as eng:
         assert eng.model.config.valid_tp_degrees(9) == [1, 3]
         streams = [eng.stream(messages=m, params=SamplingParams(max_tokens=NEW_TOKENS)) for m in CHATS]

@@ -19,7 +19,8 @@ def _prompts(n: int, seed: int = 0) -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def engine(tiny_llama: Path):
-    with ModelGroup(EngineConfig(model=str(tiny_llama), max_model_len=128, kv_cache_memory=2 << 20)) as eng:
+    with ModelGroup(EngineConfig(model=str(tiny_llama), dtype="float32", max_model_len=128,
+                                  kv_cache_memory=2 << 20)) as eng:
         yield eng
 
 
@@ -28,7 +29,7 @@ def test_small_kv_budget_preempts_and_still_matches(tiny_llama: Path, engine: Mo
     params = SamplingParams(max_tokens=48, ignore_eos=True)
     expected = [ids for ids, _, _ in engine.generate(prompts, params)]
     block_bytes = 2 * 2 * 2 * 16 * 16 * 4  # K+V, 2 layers, 2 kv heads, head 16, 16 tokens, fp32
-    tight = EngineConfig(model=str(tiny_llama), max_model_len=128, kv_cache_memory=12 * block_bytes)
+    tight = EngineConfig(model=str(tiny_llama), dtype="float32", max_model_len=128, kv_cache_memory=12 * block_bytes)
     with ModelGroup(tight) as small:
         assert small.stats().replicas[0].num_kv_blocks == 12
         got = [ids for ids, _, _ in small.generate(prompts, params)]

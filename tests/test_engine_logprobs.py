@@ -28,7 +28,7 @@ def _prompts(vocab: int, lengths: list[int], seed: int) -> list[list[int]]:
 
 @pytest.fixture(scope="module", params=[1, 2], ids=lambda tp: f"tp{tp}")
 def engine(request: pytest.FixtureRequest, tiny_llama: Path):
-    cfg = EngineConfig(model=str(tiny_llama), tp=request.param, max_num_batched_tokens=BUDGET,
+    cfg = EngineConfig(model=str(tiny_llama), tp=request.param, dtype="float32", max_num_batched_tokens=BUDGET,
                        kv_cache_memory=2 << 20, max_model_len=256)
     with ModelGroup(cfg) as eng:
         yield eng

@@ -25,7 +25,8 @@ def _prompts(vocab: int, lengths: list[int], seed: int = 0) -> list[list[int]]:
 def engine(request: pytest.FixtureRequest, tiny_models: dict[str, Path]):
     arch, tp = request.param
     # A small token budget forces long prompts through several prefill chunks.
-    cfg = EngineConfig(model=str(tiny_models[arch]), tp=tp, max_num_batched_tokens=24,
+    # float32 explicitly: the oracle is transformers in float32, and auto may pick bf16.
+    cfg = EngineConfig(model=str(tiny_models[arch]), tp=tp, dtype="float32", max_num_batched_tokens=24,
                        kv_cache_memory=2 << 20, max_model_len=256)
     with ModelGroup(cfg) as eng:
         yield eng

@@ -27,7 +27,7 @@ def _prompts(n: int, seed: int) -> list[list[int]]:
 
 
 def _config(model: Path, tp: int = 1) -> EngineConfig:
-    return EngineConfig(model=str(model), tp=tp, max_model_len=128, kv_cache_memory=1 << 20)
+    return EngineConfig(model=str(model), tp=tp, dtype="float32", max_model_len=128, kv_cache_memory=1 << 20)
 
 
 @pytest.fixture(scope="module")

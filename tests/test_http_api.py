@@ -33,7 +33,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def daemon(model: Path) -> Iterator[DaemonProcess]:
     with DaemonProcess("--api-key", KEY, http="127.0.0.1:0") as d:
-        d.call("load", model=str(model), name="tiny", max_model_len=LONG + 64, kv_cache_memory=8 << 20)
+        d.call("load", model=str(model), name="tiny", dtype="float32", max_model_len=LONG + 64, kv_cache_memory=8 << 20)
         yield d
 
 

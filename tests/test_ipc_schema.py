@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import msgpack
 import pytest
 from mgpud.ipc import framing, paths
-from mgpud.ipc.errors import RemoteError
+from mgpud.ipc.errors import ProtocolError, RemoteError
 from mgpud.ipc.schema import CHECKS, OPS, BadRequest, check_args, parse_request
 from mgpud.units import parse_size
 
@@ -39,6 +42,10 @@ def test_unaddressable_requests(data: bytes, fragment: str) -> None:
 
 @pytest.mark.parametrize("msg, fragment", [
     ({"v": 2, "op": "ping"}, "protocol version 2 is not supported"),
+    # true and 1.0 equal 1 in Python; the version is an integer all the same
+    ({"v": True, "op": "ping"}, "protocol version True is not supported"),
+    ({"v": 1.0, "op": "ping"}, "protocol version 1.0 is not supported"),
+    ({"op": "ping"}, "protocol version None is not supported"),
     ({"v": 1}, "'op' must be a string"),
     ({"v": 1, "op": "ping", "args": [1]}, "'args' must be a map"),
     ({"v": 1, "op": "fly"}, "unknown operation 'fly'"),
@@ -62,11 +69,21 @@ def test_unaddressable_requests(data: bytes, fragment: str) -> None:
     ({"v": 1, "op": "generate", "args": {"model": "m", "prompt": "a", "stop": ["a", 1]}}, "'stop' must be"),
     ({"v": 1, "op": "reconfigure", "args": {"name": "m"}}, "at least one of tp, dp"),
     ({"v": 1, "op": "cancel", "args": {"id": 1.5}}, "'id' must be"),
+    ({"v": 1, "op": "cancel", "args": {}}, "exactly one of id or request or model or all"),
+    ({"v": 1, "op": "cancel", "args": {"id": 1, "all": True}}, "exactly one of"),
+    ({"v": 1, "op": "generate", "args": {"model": "m", "prompt": [1, True]}}, "'prompt' must be"),
+    ({"v": 1, "op": "generate", "args": {"model": "m", "prompt": [1] * 40000 + [1 << 31]}}, "'prompt' must be"),
 ])
 def test_addressable_bad_requests(msg: dict, fragment: str) -> None:
     with pytest.raises(BadRequest, match=fragment) as info:
         parse_request(raw(id="r1", **msg))
     assert info.value.req_id == "r1"
+
+
+@pytest.mark.parametrize("v", [True, 1.0, "1", None])
+def test_replies_of_another_version_are_refused(v: object) -> None:
+    with pytest.raises(ProtocolError, match="daemon speaks protocol"):
+        framing.parse_reply(raw(v=v, id=1, type="result", result={}))
 
 
 def test_null_arguments_mean_absent() -> None:
@@ -95,12 +112,14 @@ def test_events_parse() -> None:
     assert framing.parse_event(frames) == {"v": 1, "topic": "telemetry", "time": 12.5, "data": {"x": 1}}
 
 
-def test_runtime_dir_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_runtime_dir_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for var in ("MGPUD_RUNTIME_DIR", "RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"):
         monkeypatch.delenv(var, raising=False)
-    assert str(paths.runtime_dir()).startswith("/tmp/mgpud-")
-    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
-    assert str(paths.runtime_dir()) == "/run/user/1000/mgpud"
+    assert paths.runtime_dir() == paths.fallback_dir() == Path(f"/tmp/mgpud-{os.getuid()}")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "gone"))  # kept through `su`, say
+    assert paths.runtime_dir() == paths.fallback_dir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert paths.runtime_dir() == tmp_path / "mgpud"
     monkeypatch.setenv("RUNTIME_DIRECTORY", "/run/mgpud:/run/other")
     assert str(paths.runtime_dir()) == "/run/mgpud"
     monkeypatch.setenv("MGPUD_RUNTIME_DIR", "/srv/m")

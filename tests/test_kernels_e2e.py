@@ -13,7 +13,8 @@ PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21], [40,
 
 
 def _greedy(model: Path) -> list[list[int]]:
-    cfg = EngineConfig(model=str(model), max_model_len=64, kv_cache_memory=1 << 20, max_num_batched_tokens=16)
+    cfg = EngineConfig(model=str(model), dtype="float32", max_model_len=64, kv_cache_memory=1 << 20,
+                       max_num_batched_tokens=16)
     with ModelGroup(cfg) as eng:
         return [ids for ids, _, _ in eng.generate(PROMPTS, SamplingParams(max_tokens=6, ignore_eos=True))]
 

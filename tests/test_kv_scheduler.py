@@ -102,3 +102,16 @@ def test_detokenizer_never_splits_a_character() -> None:
     pieces = [detok.push([b]) for b in text.encode()]
     assert all("\ufffd" not in p for p in pieces)
     assert "".join(pieces) == text
+
+
+def test_blocks_are_allocated_as_chunks_are_scheduled() -> None:
+    # As in vLLM v1: a long prompt holds blocks for the chunks computed so far, not for the
+    # whole prompt, so it cannot crowd out sequences admitted while it is still prefilling.
+    bm = BlockManager(32, 4)
+    s = Scheduler(Limits(max_num_seqs=8, max_num_batched_tokens=10, max_model_len=64), bm)
+    s.add(_seq("long", range(25)))
+    held = []
+    for _ in range(3):
+        _run_step(s)
+        held.append(len(s.running[0].block_table))
+    assert held == [3, 5, 7]  # 10, 20, then all 25 tokens (and the first sampled one's slot later)

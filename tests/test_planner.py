@@ -129,7 +129,7 @@ def test_diminishing_returns_point():
 
 def test_smollm2_on_cpu4_offers_only_tp_1_and_3():
     cfg = ModelConfig.from_dict(SMOLLM2)
-    p = plan(cfg, "cpu:4", device_memory=2 * GiB, max_model_len=2048, concurrency=4)
+    p = plan(cfg, "cpu:4", dtype="fp32", device_memory=2 * GiB, max_model_len=2048, concurrency=4)
     assert {s.tp for s in p.shapes} == {1, 3}
     assert {(s.tp, s.dp) for s in p.shapes} == {(1, 1), (1, 2), (1, 3), (1, 4), (3, 1)}
     assert set(p.impossible) == {2, 4}

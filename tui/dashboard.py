@@ -70,6 +70,8 @@ class Dashboard(Screen[None]):
 
     async def on_snapshot_arrived(self, message: SnapshotArrived) -> None:
         snapshot, previous = message.snapshot, self.snapshot
+        if self.connected is None:
+            self.connected = True  # telemetry is the daemon heard, even if it beat the connection notice
         if previous is not None and previous.daemon.pid != snapshot.daemon.pid:
             self._note(time.time(), f"the daemon restarted: pid {previous.daemon.pid} -> {snapshot.daemon.pid}",
                       "yellow")

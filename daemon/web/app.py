@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from .runs import Run
 if TYPE_CHECKING:
     from ..server import Daemon
 
+log = logging.getLogger(__name__)
 OPEN_PATHS = ("/health",)  # answered without the API key: load balancers probe it
 
 
@@ -40,6 +42,11 @@ def build_app(daemon: Daemon) -> FastAPI:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return exc.response()
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("%s %s failed", request.method, request.url.path)
+        return ApiError(500, "internal_error", f"{type(exc).__name__}: {exc}").response()
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -10,13 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from mgpud.ipc.errors import MgpudError
 
-from ..generation import Call
+from ..generation import HTTP_CLIENT, Call
 from .failures import ApiError
 
 if TYPE_CHECKING:
     from ..server import Daemon
-
-HTTP_CLIENT = b"http"  # the client identity of HTTP calls (ZeroMQ clients have their own)
 
 
 class Run:

@@ -17,6 +17,7 @@ from torch import nn
 from mgpud.records import LoadProgress
 
 from ..exceptions import ModelLoadError
+from ..jsonfile import damaged, read_json
 
 # Buffers some checkpoints carry that we compute ourselves.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -27,7 +28,10 @@ _DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I8
 def checkpoint_files(model_dir: Path) -> list[Path]:
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise damaged(index, "it has no weight_map")
+        names = sorted(set(weight_map.values()))
         files = [model_dir / n for n in names]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
@@ -48,11 +52,30 @@ def _tensor_bytes(header: dict) -> int:
     return count * _DTYPE_BYTES.get(header["dtype"], 2)
 
 
+def check_checkpoint(model_dir: Path) -> list[Path]:
+    """The weight files, each checked whole (its header read, its size against it), so
+    that a truncated download is named here rather than failing in a worker."""
+    files = checkpoint_files(model_dir)
+    for file in files:
+        _headers(file)
+    return files
+
+
 def _headers(file: Path) -> dict[str, dict]:
+    """A safetensors file's tensors: an 8-byte header length, a JSON header, the data."""
+    size = file.stat().st_size
     with file.open("rb") as fh:
-        size = int.from_bytes(fh.read(8), "little")
-        meta = json.loads(fh.read(size))
-    meta.pop("__metadata__", None)
+        length = int.from_bytes(fh.read(8), "little")
+        if size < 8 + length:
+            raise damaged(file, f"its header is cut short: the file holds {size} bytes")
+        try:
+            meta = json.loads(fh.read(length))
+            meta.pop("__metadata__", None)
+            end = max((int(h["data_offsets"][1]) for h in meta.values()), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            raise damaged(file, f"its header is not a safetensors header: {exc}") from None
+    if size < 8 + length + end:
+        raise damaged(file, f"it holds {size} bytes, its header describes {8 + length + end}")
     return meta
 
 

@@ -7,9 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+DEFAULT_MAX_TOKENS = 256
+
+
 @dataclass
 class SamplingParams:
-    max_tokens: int = 256
+    # None: DEFAULT_MAX_TOKENS, or fewer where the context (max_model_len) ends first; a
+    # number the context cannot hold is refused by the serving layer.
+    max_tokens: int | None = None
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 = no limit
@@ -21,6 +26,11 @@ class SamplingParams:
     logprobs: int | None = None
     # None: none; N: each prompt token's after the first, given those before it, with the N likeliest.
     prompt_logprobs: int | None = None
+
+    @property
+    def token_limit(self) -> int:
+        """The most tokens to generate, the context aside."""
+        return DEFAULT_MAX_TOKENS if self.max_tokens is None else self.max_tokens
 
     def vocabulary_problem(self, vocab_size: int) -> str | None:
         """What in these parameters this vocabulary cannot honour, if anything."""

@@ -71,6 +71,6 @@ class Sequence:
         p = self.params
         if (token in self.eos_ids and not p.ignore_eos) or token in p.stop_token_ids:
             return "stop"
-        if self.num_output_tokens >= p.max_tokens or self.num_tokens >= max_model_len:
+        if self.num_output_tokens >= p.token_limit or self.num_tokens >= max_model_len:
             return "length"
         return None

@@ -11,6 +11,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as _HFTokenizer
 
 from ..exceptions import InvalidRequest, ModelLoadError
+from ..jsonfile import read_json
 
 # Tokens of the prompt's tail decoded with the output, so the first output token gets the
 # spacing it would have in context (SentencePiece strips a leading space otherwise).
@@ -18,7 +19,7 @@ _CONTEXT_TOKENS = 6
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json(path) if path.is_file() else {}
 
 
 def _token_text(value: Any) -> str:
@@ -63,7 +64,9 @@ class Tokenizer:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str, special: bool = True) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=special).ids
+        # encode_batch releases the GIL while it works (encode holds it: 5 s for 2 MiB of
+        # text), so a long prompt tokenized in a thread leaves the daemon's loop running.
+        return self._tok.encode_batch([text], add_special_tokens=special)[0].ids
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True)
@@ -76,10 +79,6 @@ class Tokenizer:
                                          bos_token=self.bos_token, eos_token=self.eos_token)
         except jinja2.TemplateError as exc:
             raise InvalidRequest(f"chat template refused the messages: {exc}") from None
-
-    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
-        # The template writes any BOS itself, so the tokenizer must not add another.
-        return self.encode(self.render_chat(messages), special=False)
 
     def detokenizer(self, prompt_ids: list[int]) -> Detokenizer:
         return Detokenizer(self, prompt_ids[-_CONTEXT_TOKENS:])

@@ -17,6 +17,7 @@ from mgpud.records import Device, DeviceProcess, MemorySplit
 
 from ..exceptions import EngineError
 from . import nvml
+from .cpu_features import native_bf16
 
 CPU_MEMORY_FRACTION = 0.8  # of host RAM shared by CPU devices; the rest is the OS's and the daemon's
 AUTO_CPU_DEVICES = 1  # one device holding every core: no gloo hops unless the operator asks for cpu:N
@@ -82,8 +83,10 @@ def cpu_device_memory(count: int) -> int:  # bytes per CPU device
 def cpu_devices(count: int, device_memory: int | None = None) -> list[Device]:
     threads = max(1, host_cores() // count)
     capacity = device_memory or cpu_device_memory(count)
-    return [Device(id=f"cpu:{i}", index=i, kind="cpu", threads=threads,
-                   name=f"CPU virtual device ({threads} thread{'s' if threads > 1 else ''})",
+    bf16 = native_bf16()
+    # The name is what `mgpud devices` shows: it says when the default dtype will be bf16.
+    name = f"CPU virtual device ({threads} thread{'s' if threads > 1 else ''}{', bf16' if bf16 else ''})"
+    return [Device(id=f"cpu:{i}", index=i, kind="cpu", threads=threads, native_bf16=bf16, name=name,
                    memory_total=capacity, memory_used=0, memory_free=capacity)
             for i in range(count)]
 

@@ -9,7 +9,6 @@ KV room, so the KV figures here are what profiling starts from.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,9 @@ from mgpud.units import fmt_bytes
 
 from ..config import SUPPORTED_ARCHITECTURES, ModelConfig
 from ..exceptions import EngineError
+from ..hosts.cpu_features import default_dtype
 from ..hosts.hardware import RUNTIME_MEMORY, Hardware
+from ..jsonfile import read_json
 from .presets import MODEL_PRESETS, model_preset
 from .targets import DeviceSet, device_set
 
@@ -216,14 +217,15 @@ def plan(model: ModelConfig | str | Path, devices: DeviceSet | str | None = None
     model: a ModelConfig, a model directory, a config.json, or a preset name.
     devices: a DeviceSet, a description ("8xH100-80GB", "cpu:4"), or a --devices value
     to discover ("auto", "0,1"); None = auto. dtype: weights (fp32, bf16, fp16, fp8, int8);
-    None = bf16 on GPUs, fp32 on CPU. tp, dp: 0 = automatic.
+    None = the engine's default (bf16 on GPUs and on CPUs with bf16 instructions, else fp32).
+    tp, dp: 0 = automatic.
     device_memory: bytes per CPU device (default: a share of RAM).
     kv_cache_memory: KV bytes per device, as a load with that setting would allocate.
     """
     _check_knobs(max_model_len, concurrency, memory_utilization, tp, dp, block_size)
     cfg, label = load_model(model)
     pool = devices if isinstance(devices, DeviceSet) else device_set(devices, device_memory)
-    wdtype = normalize_dtype(dtype or ("bf16" if pool.kind == "cuda" else "fp32"))
+    wdtype = normalize_dtype(dtype or default_dtype(pool.kind == "cuda"))  # the engine's default
     ask = _Ask(cfg, pool.hardware, wdtype, device_budget(pool, memory_utilization),
                max_model_len or cfg.max_position_embeddings, concurrency, block_size,
                max_num_batched_tokens, max_num_seqs, kv_cache_memory)
@@ -265,7 +267,7 @@ def load_model(model: ModelConfig | str | Path) -> tuple[ModelConfig, str]:
     if path.is_dir():
         return ModelConfig.from_dir(path), path.resolve().name
     if path.is_file():
-        return ModelConfig.from_dict(json.loads(path.read_text())), path.resolve().parent.name
+        return ModelConfig.from_dict(read_json(path)), path.resolve().parent.name
     preset = model_preset(str(model))
     if preset is None:
         raise PlanError(f"{model}: no such model directory or config.json, and no preset of that "

@@ -31,7 +31,7 @@ from ..exceptions import EngineDead, EngineError, InvalidRequest
 from ..planning.shapes import check_shape
 from ..store.demo import resolve_model
 from .pool import DevicePool
-from .prompts import prompt_ids
+from .prompts import check_room, prompt_ids
 from .replica import DRAINING, FAILED, READY, RESTARTING, STOPPED, Replica
 from .request_metrics import ServingMetrics
 from .router import Router
@@ -152,6 +152,7 @@ class ModelGroup:
         if problem := params.vocabulary_problem(self.model.config.vocab_size):
             raise InvalidRequest(problem)
         ids = prompt_ids(self.model, prompt, messages)
+        check_room(params, len(ids), self.model.max_model_len)
         req = _Request(f"{self.name}-{next(_ids)}-{uuid.uuid4().hex[:8]}", ids, params, on_output)
         with self._lock:
             if self._closed.is_set():

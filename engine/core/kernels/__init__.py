@@ -2,7 +2,8 @@
 
 Triton runs when the tensor is on CUDA, or everywhere when ``MGPUD_KERNELS=triton`` (tests
 set that together with ``TRITON_INTERPRET=1`` on CPU). Otherwise the torch reference runs,
-which is the production path on CPU devices.
+which is the production path on CPU devices, except for paged attention: there a C kernel
+built on this machine (``cpu_attention``) reads the cache in place where it builds.
 
 The Triton modules are imported on first use only: ``TRITON_INTERPRET`` must be set before
 their ``@triton.jit`` decorators run, and the engine must import where Triton cannot launch.
@@ -16,7 +17,7 @@ from types import ModuleType
 
 from torch import Tensor
 
-from . import reference
+from . import cpu_attention, reference
 from .reference import build_rotary_cache
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "apply_rotary",
     "build_rotary_cache",
     "paged_decode_attention",
+    "paged_prefill_attention",
     "rms_norm",
     "silu_and_mul",
     "store_kv",
@@ -83,6 +85,21 @@ def store_kv(
 def paged_decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor,
                            context_lens: Tensor, scale: float) -> Tensor:
     """One query token per sequence [B, nq, d] over its paged KV cache -> [B, nq, d]."""
+    if not use_triton(q):
+        out = cpu_attention.paged_attention(q, k_cache, v_cache, block_tables, context_lens, 1, scale)
+        if out is not None:
+            return out
     return _impl("paged_decode_attention", q)(
         q, k_cache, v_cache, block_tables, context_lens, scale
     )
+
+
+def paged_prefill_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_table: Tensor,
+                            context_len: int, scale: float) -> Tensor:
+    """One sequence's n query tokens [n, nq, d], the last at position context_len - 1, over
+    its paged KV cache (this chunk's K/V stored already), causally -> [n, nq, d]."""
+    if not use_triton(q):
+        out = cpu_attention.paged_attention(q, k_cache, v_cache, block_table.view(1, -1), context_len, len(q), scale)
+        if out is not None:
+            return out
+    return reference.paged_prefill_attention(q, k_cache, v_cache, block_table, context_len, scale)

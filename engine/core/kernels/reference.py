@@ -15,6 +15,8 @@ from torch import Tensor
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    if x.dtype == torch.float32 and weight.dtype == torch.float32:
+        return F.rms_norm(x, x.shape[-1:], weight, eps)  # one op; the same values in float32
     # Same rounding points as transformers' LlamaRMSNorm: normalise in float32, round to the
     # input dtype, and only then scale by the weight.
     xf = x.float()
@@ -30,6 +32,8 @@ def add_rms_norm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tup
 
 def silu_and_mul(x: Tensor) -> Tensor:
     inter = x.shape[-1] // 2
+    if x.dtype == torch.float32:  # no conversions: at batch 1 each op's fixed cost is what counts
+        return F.silu(x[..., :inter]) * x[..., inter:]
     xf = x.float()
     return (F.silu(xf[..., :inter]) * xf[..., inter:]).to(x.dtype)
 
@@ -81,6 +85,12 @@ def build_rotary_cache(
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> None:
     half = x.shape[-1] // 2
+    if x.dtype == torch.float32:  # in place, fewer ops, and rounded as transformers rounds
+        x1, x2 = x[..., :half], x[..., half:]
+        first = (x1 * cos).sub_(x2 * sin)
+        x2.mul_(cos).add_(x1 * sin)  # reads x1 before it is overwritten below
+        x1.copy_(first)
+        return
     xf = x.float()
     x1, x2 = xf[..., :half], xf[..., half:]
     # Both halves are computed before the write: for float32 input xf aliases x.
@@ -156,3 +166,25 @@ def paged_decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_ta
     grouped_q = q.reshape(batch, num_kv_heads, group, head_dim)
     out = F.scaled_dot_product_attention(grouped_q, keys, values, attn_mask=mask, scale=scale)
     return out.reshape(batch, num_q_heads, head_dim)
+
+
+def paged_prefill_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_table: Tensor,
+                            context_len: int, scale: float) -> Tensor:
+    """One sequence's n query tokens [n, nq, d], the last at position context_len - 1, each
+    attending causally over the cache -> [n, nq, d]. Gathers the context first."""
+    n, block_size = q.shape[0], k_cache.shape[1]
+    blocks = block_table[:-(-context_len // block_size)].long()
+    keys = k_cache.index_select(0, blocks).flatten(0, 1)[:context_len]
+    values = v_cache.index_select(0, blocks).flatten(0, 1)[:context_len]
+    rows = torch.arange(n, device=q.device)[:, None] + (context_len - n)
+    mask = torch.arange(context_len, device=q.device)[None, :] <= rows
+    return causal_attention(q, keys, values, scale, mask)
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mask: Tensor | None = None) -> Tensor:
+    """Attention over tokens-first tensors (q [n, nq, d], k/v [m, nkv, d]) -> [n, nq, d];
+    `mask` [n, m] (True = attend), else causal with n == m."""
+    heads_first = [x.transpose(0, 1).unsqueeze(0) for x in (q, k, v)]
+    out = F.scaled_dot_product_attention(*heads_first, attn_mask=mask, is_causal=mask is None,
+                                         scale=scale, enable_gqa=True)
+    return out.squeeze(0).transpose(0, 1)

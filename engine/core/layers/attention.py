@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .. import kernels
+from ..kernels.reference import causal_attention
 
 
 @dataclass
@@ -34,26 +34,12 @@ class AttentionMetadata:
 KVCache = tuple[torch.Tensor, torch.Tensor]  # each [num_blocks, block_size, kv_heads, head_dim]
 
 
-def _cached_context(cache: torch.Tensor, table: torch.Tensor, length: int) -> torch.Tensor:
-    blocks = cache.index_select(0, table.long())
-    return blocks.flatten(0, 1)[:length]
-
-
 def _prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, span: PrefillSpan,
              cache: KVCache, scale: float) -> torch.Tensor:
-    n = span.end - span.start
-    if span.context_len == n:
-        mask, causal = None, True
-    else:  # a later chunk, or a prompt whose prefix came from the cache
-        k = _cached_context(cache[0], span.block_table, span.context_len)
-        v = _cached_context(cache[1], span.block_table, span.context_len)
-        past = span.context_len - n
-        rows = torch.arange(n, device=q.device)[:, None] + past
-        mask, causal = torch.arange(span.context_len, device=q.device)[None, :] <= rows, False
-    out = F.scaled_dot_product_attention(
-        q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0),
-        attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=True)
-    return out.squeeze(0).transpose(0, 1)
+    if span.context_len == span.end - span.start:  # a whole prompt, or its first chunk
+        return causal_attention(q, k, v, scale)
+    # A later chunk, or a prompt whose prefix came from the cache: its K/V are cached already.
+    return kernels.paged_prefill_attention(q, cache[0], cache[1], span.block_table, span.context_len, scale)
 
 
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
