@@ -7,13 +7,14 @@ import asyncio
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from mgpud.ipc.errors import MgpudError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import shapes
 from .failures import ApiError
@@ -29,15 +30,7 @@ OPEN_PATHS = ("/health",)  # answered without the API key: load balancers probe 
 
 def build_app(daemon: Daemon) -> FastAPI:
     app = FastAPI(title="mgpud", docs_url=None, redoc_url=None, openapi_url=None)
-
-    @app.middleware("http")
-    async def authorize(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        key = daemon.config.api_key
-        given = request.headers.get("authorization", "")
-        if key and request.url.path not in OPEN_PATHS and not hmac.compare_digest(given, f"Bearer {key}"):
-            return ApiError(401, "invalid_request_error", "a valid API key is required: send "
-                            "`Authorization: Bearer KEY` (the daemon's --api-key)", code="invalid_api_key").response()
-        return await call_next(request)
+    app.add_middleware(_Authorize, key=lambda: daemon.config.api_key)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -99,6 +92,26 @@ def build_app(daemon: Daemon) -> FastAPI:
                                         for i, r in enumerate(results)], usage=shapes.usage(results, len(prompts))))
 
     return app
+
+
+class _Authorize:
+    """Every path but OPEN_PATHS needs `Authorization: Bearer KEY` when a key is set. Plain
+    ASGI rather than an `@app.middleware("http")` function: that wraps every response body
+    in extra streams, a cost each SSE chunk of every stream would pay."""
+
+    def __init__(self, app: ASGIApp, key: Callable[[], str | None]) -> None:
+        self.app, self.key = app, key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        key = self.key()
+        if key and scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, f"Bearer {key}".encode()):
+                refusal = ApiError(401, "invalid_request_error", "a valid API key is required: send "
+                                   "`Authorization: Bearer KEY` (the daemon's --api-key)", code="invalid_api_key")
+                await refusal.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _decoder(daemon: Daemon, name: str) -> shapes.Decode:
