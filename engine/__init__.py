@@ -24,7 +24,7 @@ _EXPORTS = {
     "EngineConfig": "config", "ModelConfig": "config",
     "EngineDead": "exceptions", "EngineError": "exceptions", "InvalidRequest": "exceptions",
     "ModelLoadError": "exceptions",
-"RequestOutput": "core.outputs", "RequestStream": "core.outputs",
+    "RequestOutput": "core.outputs", "RequestStream": "core.outputs", "TokenLogprob": "core.outputs",
     "SamplingParams": "core.sampling", "ModelGroup": "serving.group", "DevicePool": "serving.pool",
 }
 __all__ = sorted(_EXPORTS)

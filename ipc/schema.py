@@ -68,7 +68,7 @@ def _is_request_id(v: Any) -> bool:
 
 def _is_str_list(v: Any) -> bool:
     return (isinstance(v, list) and len(v) <= MAX_LIST_ITEMS
-            and all(isinstance(s, str) and len(s) <= MAX_STR_CHARS for s in v))
+            and all(isinstance(s, str) and 0 < len(s) <= MAX_STR_CHARS for s in v))
 
 
 def _is_prompt(v: Any) -> bool:
@@ -100,7 +100,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "int": (_is_int, "an integer"),
     "float": (lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v), "a number"),
     "bool": (lambda v: isinstance(v, bool), "true or false"),
-    "str_list": (_is_str_list, f"a list of at most {MAX_LIST_ITEMS} strings"),
+    "str_list": (_is_str_list, f"a list of at most {MAX_LIST_ITEMS} non-empty strings"),
     "prompt": (_is_prompt, "a string or a non-empty list of token ids"),
     "messages": (lambda v: isinstance(v, list) and 0 < len(v) <= MAX_MESSAGES and all(map(_is_message, v)),
                  "a non-empty list of {role, content} maps of strings"),

@@ -67,6 +67,8 @@ def test_unaddressable_requests(data: bytes, fragment: str) -> None:
     ({"v": 1, "op": "generate", "args": {"model": "m", "prompt": "a", "temperature": float("nan")}},
      "'temperature' must be a number"),
     ({"v": 1, "op": "generate", "args": {"model": "m", "prompt": "a", "stop": ["a", 1]}}, "'stop' must be"),
+    # an empty stop string would end every generation at its first token
+    ({"v": 1, "op": "generate", "args": {"model": "m", "prompt": "a", "stop": [""]}}, "non-empty strings"),
     ({"v": 1, "op": "reconfigure", "args": {"name": "m"}}, "at least one of tp, dp"),
     ({"v": 1, "op": "cancel", "args": {"id": 1.5}}, "'id' must be"),
     ({"v": 1, "op": "cancel", "args": {}}, "exactly one of id or request or model or all"),
