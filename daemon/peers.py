@@ -21,22 +21,35 @@ log = logging.getLogger(__name__)
 class Peers:
     def __init__(self, control: zmq.asyncio.Socket, on_gone: Callable[[bytes], None]) -> None:
         self._fds: dict[bytes, int] = {}  # client identity -> the descriptor it last wrote from
+        self._stale: dict[int, int] = {}  # descriptor -> closes already acted on, their events still to come
         self._on_gone = on_gone
         self._monitor = control.get_monitor_socket(zmq.EVENT_DISCONNECTED)
 
     def seen(self, identity: bytes, message: zmq.Frame) -> None:
         """Remember the connection `message` (received with copy=False) came through."""
-        self._fds[identity] = message.get(zmq.SRCFD)
+        fd = message.get(zmq.SRCFD)
+        # The kernel reuses a closed descriptor at once: a new client may write through it
+        # before the monitor reports the old one's close. Whoever held it is gone now, and
+        # that close event, when it comes, must not take the newcomer with it.
+        for who in [w for w, held in self._fds.items() if held == fd and w != identity]:
+            self._stale[fd] = self._stale.get(fd, 0) + 1
+            self._gone(who)
+        self._fds[identity] = fd
 
     async def watch(self) -> None:
         """Forever: a connection closed -> its clients' requests are cancelled."""
         while True:
-            event = parse_monitor_message(await self._monitor.recv_multipart())
-            gone = [who for who, fd in self._fds.items() if fd == event["value"]]
-            for who in gone:
-                del self._fds[who]
-                log.debug("client %s went away; cancelling its requests", who.hex())
-                self._on_gone(who)
+            fd = parse_monitor_message(await self._monitor.recv_multipart())["value"]
+            if self._stale.get(fd):
+                self._stale[fd] -= 1
+                continue
+            for who in [w for w, held in self._fds.items() if held == fd]:
+                self._gone(who)
+
+    def _gone(self, who: bytes) -> None:
+        del self._fds[who]
+        log.debug("client %s went away; cancelling its requests", who.hex())
+        self._on_gone(who)
 
     def close(self) -> None:
         self._monitor.close(linger=0)
