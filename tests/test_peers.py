@@ -14,7 +14,6 @@ from pathlib import Path
 
 import zmq
 import zmq.asyncio
-
 from mgpud.daemon.peers import Peers
 
 # Reads "open NAME" / "close NAME" lines; each opened client says hello once.
@@ -53,11 +52,9 @@ class _Server:
             await asyncio.sleep(0.01)  # polling a condition: the kernel and libzmq give no event here
 
 
-async def _reuse(tmp_path: Path) -> None:
+async def _reuse(address: str, clients: subprocess.Popen[str]) -> None:
     ctx = zmq.asyncio.Context()
-    address = f"ipc://{tmp_path}/control.sock"
     server = _Server(ctx, address)
-    clients = subprocess.Popen([sys.executable, "-c", CLIENTS, address], stdin=subprocess.PIPE, text=True)
 
     def say(line: str) -> None:
         clients.stdin.write(line + "\n")  # type: ignore[union-attr]
@@ -84,11 +81,15 @@ async def _reuse(tmp_path: Path) -> None:
     finally:
         if server.watcher:
             server.watcher.cancel()
-        clients.kill()
-        clients.wait()
         server.peers.close()
         ctx.destroy(linger=0)
 
 
 def test_a_reused_descriptor_cancels_only_the_client_that_left(tmp_path: Path) -> None:
-    asyncio.run(asyncio.wait_for(_reuse(tmp_path), 30))
+    address = f"ipc://{tmp_path}/control.sock"
+    clients = subprocess.Popen([sys.executable, "-c", CLIENTS, address], stdin=subprocess.PIPE, text=True)
+    try:
+        asyncio.run(asyncio.wait_for(_reuse(address, clients), 30))
+    finally:
+        clients.kill()
+        clients.wait()
