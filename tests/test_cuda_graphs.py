@@ -98,6 +98,7 @@ def test_only_pure_decode_steps_within_the_buckets_replay() -> None:
     graphs = DecodeGraphs(lambda *a: torch.zeros(0), DecodeInputs(4, 4, CPU), batch_buckets(4))
     assert graphs.fits(_decodes([3, 4, 5, 6]))
     assert not graphs.fits(_decodes([3, 4, 5, 6, 7]))
+    assert not graphs.fits(_decodes([4 * BLOCK + 1]))  # a table wider than the captured one
     prompt = Sequence("p", [1, 2, 3], 3, SamplingParams(), frozenset())
     prompt.block_table = [9]
     seq = Sequence("d", [4, 5], 1, SamplingParams(), frozenset())

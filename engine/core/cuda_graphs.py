@@ -121,20 +121,20 @@ class DecodeGraphs:
 
     def capture(self) -> None:
         pool = None
-        stream = torch.cuda.Stream(self.inputs.device)
         for bucket in sorted(self.buckets, reverse=True):
             # A first run compiles the Triton kernels and sets up NCCL outside the capture.
             self.inputs.run(self.forward, bucket)
             torch.cuda.synchronize(self.inputs.device)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool, stream=stream):
+            with torch.cuda.graph(graph, pool=pool):
                 self.outputs[bucket] = self.inputs.run(self.forward, bucket)
             pool = graph.pool()
             self.graphs[bucket] = graph
         torch.cuda.synchronize(self.inputs.device)
 
     def fits(self, step: StepInput) -> bool:
-        return is_pure_decode(step) and step.num_decodes <= self.buckets[-1]
+        return (is_pure_decode(step) and step.num_decodes <= self.buckets[-1]
+                and step.decode_block_tables.shape[1] <= self.inputs.table_width)
 
     def replay(self, step: StepInput) -> torch.Tensor:
         """Hidden states [bucket, hidden]: the step's rows first, then padding rows."""
