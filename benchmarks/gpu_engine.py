@@ -14,9 +14,10 @@ request's rate after its first token, `ttft_p50_ms` the median time to first tok
 `generate`, `ps --json` and `devices --json` as a user types them; each command's exit
 code and time, and what the replies say of the GPU (graph memory, the memory split).
 
-scripts/gpu-check runs both stages, each under its own timeout. `--quick` is a smoke run
-(the small synthetic model, batches 1 and 4, 8 tokens): it also runs on CPU devices,
-where there are no graphs and both passes are eager.
+scripts/gpu-check runs both stages, each under its own timeout. Without a CUDA device it
+reports `{"skipped": ...}`, unless `--cpu` runs it on CPU devices (a smoke run of the code:
+no graphs there, both passes are eager). `--quick`: the small synthetic model, batches 1
+and 4, 8 tokens.
 """
 
 from __future__ import annotations
@@ -145,9 +146,15 @@ def _json(text: str) -> dict[str, Any]:
 STAGES = {"engine": engine_stage, "daemon": daemon_stage}
 
 
-@benchmark("gpu_engine", __doc__, quick_help="a smoke run (small model, 8 tokens; runs on CPU too)", save=False,
-           add_args=lambda ap: ap.add_argument("--stage", choices=tuple(STAGES), default="engine"))
+def _add_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--stage", choices=tuple(STAGES), default="engine")
+    ap.add_argument("--cpu", action="store_true", help="without a GPU, run on CPU devices anyway (a smoke run)")
+
+
+@benchmark("gpu_engine", __doc__, quick_help="a smoke run (small model, 8 tokens)", save=False, add_args=_add_args)
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    if not (torch.cuda.is_available() or args.cpu):
+        return {"skipped": "no CUDA device"}
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     return {"stage": args.stage, "device": device, "quick": args.quick, **STAGES[args.stage](args.quick)}
 

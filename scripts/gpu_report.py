@@ -1,6 +1,6 @@
 """scripts/gpu-check's last step: its stages' outcomes and outputs as one JSON file, and a summary.
 
-    python benchmarks/gpu_report.py WORK_DIR OUT_FILE
+    python scripts/gpu_report.py WORK_DIR OUT_FILE
 
 WORK_DIR holds, per stage NAME (in the order of `stages.tsv`: name, status, seconds),
 NAME.out (the stage's stdout; a JSON benchmark's object is its last line) and NAME.err;
