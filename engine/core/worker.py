@@ -115,8 +115,11 @@ class Worker:
         a = self.args
         backend = "nccl" if self.device.type == "cuda" else "gloo"
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        # device_id binds NCCL's communicator to this rank's GPU at once, well before any
+        # collective is captured into a CUDA graph.
         dist.init_process_group(backend, init_method=f"file://{a.run_dir}/rendezvous",
-                                rank=a.rank, world_size=a.tp, timeout=timedelta(seconds=120))
+                                rank=a.rank, world_size=a.tp, timeout=timedelta(seconds=120),
+                                device_id=self.device if self.device.type == "cuda" else None)
 
     def _agree_on_blocks(self, reserved: int) -> int:
         """KV blocks every rank can hold beside `reserved` bytes (activations, graphs)."""
@@ -130,7 +133,8 @@ class Worker:
         c = a.config
         budget = c.kv_cache_memory if c.kv_cache_memory is not None else kv_budget(
             self.device, c.device_memory, c.memory_utilization, reserved, a.tp)
-        blocks = torch.tensor([max(0, budget) // self.runner.kv_block_bytes], dtype=torch.int64)
+        # On the rank's device: NCCL reduces CUDA tensors only.
+        blocks = torch.tensor([max(0, budget) // self.runner.kv_block_bytes], dtype=torch.int64, device=self.device)
         if a.tp > 1:
             dist.all_reduce(blocks, op=dist.ReduceOp.MIN)
         num_blocks = int(blocks)
