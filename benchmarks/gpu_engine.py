@@ -35,7 +35,6 @@ from typing import Any
 import torch
 from common import benchmark
 from load_time import synthetic_checkpoint
-
 from mgpud.daemon.testing import DaemonProcess
 from mgpud.engine import EngineConfig, ModelGroup, SamplingParams
 from mgpud.engine.config import ModelConfig

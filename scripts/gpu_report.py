@@ -14,9 +14,9 @@ import json
 import platform
 import subprocess
 import sys
-import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 PASSED = "ok"
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-
 from mgpud.cli.main import cli
 from mgpud.daemon.manager import engine_config
 from mgpud.engine.config import EngineConfig, ModelConfig
