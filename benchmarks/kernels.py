@@ -2,7 +2,10 @@
 
     python benchmarks/kernels.py [--quick] [--json] [--dtype bfloat16|float16|float32]
 
-Needs a CUDA device; without one it says so and exits 0.
+Each kernel's effective bandwidth (the bytes it cannot avoid moving over its time) is set
+against the device's memory bandwidth peak: from NVML (2 x the top memory clock x the bus
+width), else the planner's hardware preset. Needs a CUDA device; without one it says so and
+exits 0.
 """
 
 from __future__ import annotations
@@ -133,8 +136,27 @@ def _cases(
                 )
 
 
+def hbm_peak() -> tuple[float | None, str]:
+    """The current device's memory bandwidth peak (bytes/s), and where the figure came from."""
+    from mgpud.engine.hosts import nvml
+    from mgpud.engine.hosts.hardware import hardware_for_gpu
+    from mgpud.engine.hosts.inventory import discover
+
+    device = discover(str(torch.cuda.current_device()))[0]
+    mod, _ = nvml.module()
+    if mod is not None and device.nvml_index is not None:
+        handle, _ = nvml.read(mod, "handle", "nvmlDeviceGetHandleByIndex", device.nvml_index)
+        clock, _ = nvml.read(mod, "memory clock", "nvmlDeviceGetMaxClockInfo", handle, mod.NVML_CLOCK_MEM)
+        width, _ = nvml.read(mod, "bus width", "nvmlDeviceGetMemoryBusWidth", handle)
+        if clock and width:  # MHz, bits; double data rate
+            return 2 * clock * 1e6 * width / 8, "nvml"
+    preset = hardware_for_gpu(device.name)
+    return (preset.memory_bandwidth, "preset") if preset else (None, "unknown")
+
+
 def run(quick: bool, dtype: torch.dtype) -> dict:
     iters = 10 if quick else 50
+    peak, source = hbm_peak()
     results = []
     for kernel, shape, torch_fn, triton_fn, min_bytes in _cases(quick, dtype):
         torch_us = _time_us(torch_fn, iters)
@@ -148,6 +170,7 @@ def run(quick: bool, dtype: torch.dtype) -> dict:
                 "speedup": round(torch_us / triton_us, 2),
                 # Effective bandwidth over the bytes the kernel cannot avoid moving.
                 "triton_gb_s": round(min_bytes / triton_us / 1e3, 1),
+                "hbm_fraction": round(min_bytes / triton_us / 1e-6 / peak, 3) if peak else None,
             }
         )
         torch.cuda.empty_cache()
@@ -155,6 +178,8 @@ def run(quick: bool, dtype: torch.dtype) -> dict:
         "device": torch.cuda.get_device_name(),
         "dtype": str(dtype).removeprefix("torch."),
         "quick": quick,
+        "hbm_peak_gb_s": round(peak / 1e9, 1) if peak else None,
+        "hbm_peak_source": source,
         "results": results,
     }
 
@@ -163,16 +188,21 @@ def _print_table(report: dict) -> None:
     if "skipped" in report:
         print(f"{report['skipped']}: kernel benchmarks skipped")
         return
-    print(f"{report['device']}  dtype={report['dtype']}  (times in microseconds)")
-    header = f"{'kernel':<24}{'shape':<52}{'torch':>10}{'triton':>10}{'speedup':>9}{'GB/s':>9}"
+    print(f"{report['device']}  dtype={report['dtype']}  HBM peak {report['hbm_peak_gb_s']} GB/s "
+          f"({report['hbm_peak_source']})  (times in microseconds)")
+    header = f"{'kernel':<24}{'shape':<52}{'torch':>10}{'triton':>10}{'speedup':>9}{'GB/s':>9}{'of peak':>9}"
     print(header)
     print("-" * len(header))
     for row in report["results"]:
         shape = " ".join(f"{key}={value}" for key, value in row["shape"].items())
         print(
             f"{row['kernel']:<24}{shape:<52}{row['torch_us']:>10.1f}{row['triton_us']:>10.1f}"
-            f"{row['speedup']:>8.2f}x{row['triton_gb_s']:>9.1f}"
+            f"{row['speedup']:>8.2f}x{row['triton_gb_s']:>9.1f}{_share(row['hbm_fraction']):>9}"
         )
+
+
+def _share(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.0f}%"
 
 
 # Printed only: no results/kernels.json.

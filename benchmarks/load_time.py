@@ -38,8 +38,10 @@ from safetensors.torch import save_file
 from mgpud.records import LoadProgress
 
 TARGET_RATIO = 1.5
-# (hidden, intermediate, layers, heads, kv heads): ~2.07 GB and ~0.1 GB in fp32.
-SYNTHETIC = {"full": (2048, 5632, 7, 16, 4), "quick": (256, 704, 2, 4, 2)}
+# (hidden, intermediate, layers, heads, kv heads): ~2.07 GB and ~0.1 GB in fp32; "1b"
+# (gpu_engine.py): 1.17 B parameters, Llama-3.2-1B's layout with SmolLM2's vocabulary, in bf16.
+SYNTHETIC = {"full": (2048, 5632, 7, 16, 4), "quick": (256, 704, 2, 4, 2), "1b": (2048, 8192, 16, 32, 8)}
+SYNTHETIC_DTYPE = {"1b": torch.bfloat16}  # the others: float32
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
 _READ_CHUNK = 64 << 20
 
@@ -66,25 +68,25 @@ def _shards(shape: tuple[int, int, int, int, int], vocab: int) -> list[dict[str,
             + [{"lm_head.weight": (vocab, hidden), "model.norm.weight": (hidden,)}])
 
 
-def _write_config(folder: Path, shape: tuple[int, int, int, int, int], vocab: int) -> None:
+def _write_config(folder: Path, shape: tuple[int, int, int, int, int], vocab: int, dtype: torch.dtype) -> None:
     from transformers import LlamaConfig
 
     hidden, inter, layers, heads, kv_heads = shape
     LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
                 num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=2048,
-                tie_word_embeddings=False, dtype="float32", bos_token_id=1, eos_token_id=2,
+                tie_word_embeddings=False, dtype=str(dtype).removeprefix("torch."), bos_token_id=1, eos_token_id=2,
                 architectures=["LlamaForCausalLM"]
                 ).save_pretrained(folder)
 
 
-def _write_weights(folder: Path, shape: tuple[int, int, int, int, int], vocab: int) -> None:
+def _write_weights(folder: Path, shape: tuple[int, int, int, int, int], vocab: int, dtype: torch.dtype) -> None:
     gen = torch.Generator().manual_seed(0)
     shards = _shards(shape, vocab)
     weight_map = {}
     for n, tensors in enumerate(shards):
         name = f"model-{n + 1:05d}-of-{len(shards):05d}.safetensors"
         # Norm weights near 1 and small projections keep the profile's forward finite.
-        data = {k: (torch.ones(s) if len(s) == 1 else torch.randn(s, generator=gen) * 0.02)
+        data = {k: (torch.ones(s) if len(s) == 1 else torch.randn(s, generator=gen) * 0.02).to(dtype)
                 for k, s in tensors.items()}
         save_file(data, str(folder / name), metadata={"format": "pt"})
         weight_map |= dict.fromkeys(tensors, name)
@@ -101,8 +103,9 @@ def synthetic_checkpoint(size: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=target.parent))
     try:
-        _write_config(build, SYNTHETIC[size], vocab)
-        _write_weights(build, SYNTHETIC[size], vocab)
+        dtype = SYNTHETIC_DTYPE.get(size, torch.float32)
+        _write_config(build, SYNTHETIC[size], vocab, dtype)
+        _write_weights(build, SYNTHETIC[size], vocab, dtype)
         for name in _TOKENIZER_FILES:
             if (demo / name).is_file():
                 shutil.copy(demo / name, build / name)

@@ -53,8 +53,8 @@ def _row(d: Device) -> list[str]:
 
 
 def _memory_cells(m: MemorySplit, total: int) -> list[str]:
-    """The bar, used / total, weights, KV allocated (share in use), activations+other, free."""
-    other = m.activations + m.other
+    """The bar, used / total, weights, KV allocated (share in use), activations+graphs+other, free."""
+    other = m.activations + m.graphs + m.other
     parts = (m.weights, m.kv_used, m.kv_allocated - m.kv_used, other, m.free)
     cells = bar([(p / total, g, c) for p, g, c in zip(parts, GLYPHS[unicode_ok()], COLOURS)])
     kv = f"{fmt_bytes(m.kv_allocated)} ({_percent(m.kv_used, m.kv_allocated)})"

@@ -41,11 +41,12 @@ def engine_limit_options(fn: F) -> F:
 @schema_option("load", "dp", default=0, show_default=True, help="Data-parallel replicas; 0 = the planner chooses.")
 @click.option("--devices", metavar="ID,ID,..", help="Devices to use, e.g. cpu:0,cpu:1 or 0,1 (default: free ones).")
 @engine_limit_options
+@schema_option("load", "enforce_eager", help="No CUDA graphs: every GPU step runs eagerly (vLLM's flag).")
 @click.option("--no-wait", is_flag=True, help="Return at once; the load goes on in the background.")
 @global_options()
 @pass_settings
 def load(settings: Settings, model: str, name: str | None, tp: int, dp: int, devices: str | None,
-         no_wait: bool, **limits: Any) -> None:
+         enforce_eager: bool | None, no_wait: bool, **limits: Any) -> None:
     """Load MODEL (a Hugging Face model directory, or `demo`) and serve it.
 
     Shows a progress bar while the shards load, then the shape and KV capacity.
@@ -60,7 +61,7 @@ def load(settings: Settings, model: str, name: str | None, tp: int, dp: int, dev
     """
     args = {"model": _model_path(model), "name": name, "tp": tp, "dp": dp,
             "devices": [d.strip() for d in devices.split(",")] if devices else None,
-            **{key: limits[key] for key in ENGINE_LIMIT_KEYS}, "wait": not no_wait}
+            **{key: limits[key] for key in ENGINE_LIMIT_KEYS}, "enforce_eager": enforce_eager, "wait": not no_wait}
     label = name or Path(model).name or model
     start = time.monotonic()
     with settings.client() as client:

@@ -62,7 +62,7 @@ def model_rows(m: ModelRecord) -> list[list[str]]:
 
 def replica_memory(r: ReplicaFigures) -> int:  # bytes over all ranks of the replica
     kv = (r.kv_bytes_per_rank or 0) * len(r.weight_bytes_per_rank)
-    return sum(r.weight_bytes_per_rank) + sum(r.peak_activation_bytes_per_rank) + kv
+    return sum(r.weight_bytes_per_rank) + sum(r.peak_activation_bytes_per_rank) + sum(r.graph_bytes_per_rank) + kv
 
 
 def _kv_use(r: ReplicaFigures) -> str:

@@ -172,7 +172,7 @@ DEVICE_READINGS = (  # (series, help, field of Device)
     ("mgpud_dev_power_usage", "Power draw, watts.", "power"),
 )
 MEMORY_SPLIT = (("weights", "weights"), ("kv_cache", "kv_allocated"), ("activations", "activations"),
-                ("other", "other"), ("free", "free"))  # (label `use`, field of MemorySplit)
+                ("cuda_graphs", "graphs"), ("other", "other"), ("free", "free"))  # (label `use`, field of MemorySplit)
 
 
 def _device(out: Families, d: Device) -> None:

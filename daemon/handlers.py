@@ -121,7 +121,7 @@ def daemon_figures(d: Daemon) -> dict[str, Any]:
 @handler
 async def load(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
     """load {model, name?, tp=0, dp=0, devices?, max_model_len?, max_num_seqs?,
-    max_num_batched_tokens?, memory_utilization?, kv_cache_memory?, dtype?, wait=true}
+    max_num_batched_tokens?, memory_utilization?, kv_cache_memory?, dtype?, enforce_eager=false, wait=true}
     -> frames: progress {phase, bytes_done, bytes_total, tensors_done, tensors_total,
        message} and replica events {kind, replica, devices, ...}
     -> the model's description (as in `models`), state "ready".

@@ -129,7 +129,7 @@ class ModelManager:
         loop = asyncio.get_running_loop()
         progress = _ProgressRelay(model, self._publish)
         spec = model.spec
-        config = {"model": spec["model"], "tp": spec["tp"], **self._cpu_settings(), **self._limits(spec)}
+        config = engine_config(spec, self._cpu_settings(), self._limits(spec))
         try:
             group = await in_thread(lambda: _construct(
                 config, spec["dp"], self.pool, model.name, spec.get("devices"),
@@ -435,6 +435,13 @@ def _workers(model: Model) -> dict[str, set[int]]:
     replicas = model.group.stats().replicas
     pids = {pid for r in replicas for pid in r.pids}
     return {device: pids for r in replicas for device in r.devices}
+
+
+def engine_config(spec: dict[str, Any], device_settings: dict[str, Any], limits: dict[str, Any]) -> dict[str, Any]:
+    """The EngineConfig arguments of a checked load `spec`: its model and TP degree, the
+    devices' settings, the engine limits, and the eager flag."""
+    return {"model": spec["model"], "tp": spec["tp"], **device_settings, **limits,
+            "enforce_eager": spec["enforce_eager"]}
 
 
 def _construct(config: dict[str, Any], dp: int, pool: Any, name: str, devices: list[str] | None,

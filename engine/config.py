@@ -139,6 +139,7 @@ class EngineConfig:
     kv_cache_memory: int | None = None  # bytes per rank; overrides profiling
     threads_per_device: int = 1
     enable_prefix_caching: bool = True
+    enforce_eager: bool = False  # True: no CUDA graphs for decode steps (CPU devices never use them)
 
     def check(self) -> None:
         problems = []

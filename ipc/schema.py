@@ -138,6 +138,8 @@ OPS: dict[str, Op] = {
             "dp": Arg("int", default=0, low=0, high=1024, help="data-parallel replicas; 0 = automatic"),
             "devices": Arg("str_list", help="devices to use, e.g. ['cpu:0', 'cpu:1'] or ['0', '1']"),
             **_ENGINE_LIMITS,
+            "enforce_eager": Arg("bool", default=False,
+                                 help="run every GPU step eagerly: no CUDA graphs for decode (saves their memory)"),
             "wait": Arg("bool", default=True, help="false: reply at once and load in the background"),
         },
         streams=True,

@@ -79,6 +79,7 @@ class ReplicaFigures(RequestFigures, RankFigures):
     kv_bytes_per_rank: int | None = None
     weight_bytes_per_rank: list[int] = field(default_factory=list)
     peak_activation_bytes_per_rank: list[int] = field(default_factory=list)
+    graph_bytes_per_rank: list[int] = field(default_factory=list)  # CUDA graphs; 0 when eager
 
 
 @dataclass
@@ -153,6 +154,7 @@ class MemorySplit:
     activations: int
     other: int  # beyond the engine's accounting: CUDA context, runtime, other processes
     free: int
+    graphs: int = 0  # captured CUDA graphs: their memory pool and static inputs
 
 
 @dataclass

@@ -109,12 +109,21 @@ def check_serving(r: dict[str, Any]) -> None:
         assert (BENCHMARKS / r["plot"]).stat().st_size > 0
 
 
+def check_gpu_engine(r: dict[str, Any]) -> None:
+    if "skipped" in r:
+        return
+    for model in r.values():
+        if isinstance(model, dict):
+            assert all(positive(model[mode][b]["decode_tok_s"]) for mode in ("eager", "graphs")
+                       for b in model[mode] if b.startswith("batch_"))
+
+
 CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
     "throughput": check_throughput, "scaling": check_scaling, "kernels": check_kernels,
     "control_latency": check_control_latency, "http_overhead": check_http_overhead,
     "step_overhead": check_step_overhead,
     "kv_efficiency": check_kv_efficiency, "memory_overhead": check_memory_overhead,
-    "load_time": check_load_time, "serving": check_serving,
+    "load_time": check_load_time, "serving": check_serving, "gpu_engine": check_gpu_engine,
 }
 
 

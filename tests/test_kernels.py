@@ -195,6 +195,23 @@ def test_paged_decode_attention_triton_split_context(num_splits: int) -> None:
     torch.testing.assert_close(got, want, **ATTENTION_TOLERANCE[torch.float32])
 
 
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_paged_decode_attention_padding_rows_are_zero(num_splits: int) -> None:
+    # A CUDA graph's batch is padded with rows of context length 0 (and an all-zero table):
+    # they must read nothing and come out finite, whether or not the context is split.
+    lens = [70, 5]
+    k_cache, v_cache, tables, _ = _paged_cache(lens, 2, 64, torch.float32)
+    padded_tables = torch.cat((tables, torch.zeros_like(tables[:2])))
+    context_lens = torch.tensor(lens + [0, 0], dtype=torch.int32, device=DEVICE)
+    q = _randn(4, 4, 64)
+    got = triton_attention.paged_decode_attention(
+        q, k_cache, v_cache, padded_tables, context_lens, 0.125, num_splits=num_splits
+    )
+    want = reference.paged_decode_attention(q[:2], k_cache, v_cache, tables, context_lens[:2], 0.125)
+    torch.testing.assert_close(got[:2], want, **ATTENTION_TOLERANCE[torch.float32])
+    assert torch.equal(got[2:], torch.zeros_like(got[2:]))
+
+
 # ---------------------------------------------------------------- reference vs plain math
 
 

@@ -28,7 +28,7 @@ MEMORY_SEGMENTS: tuple[tuple[str, str, str, str, Callable[[MemorySplit], int]], 
     ("█", "dodger_blue2", "weights", "weights", lambda m: m.weights),
     ("▓", "magenta", "KV in use", "KV used", lambda m: m.kv_used),
     ("▒", "orchid", "KV reserved, not in use yet", "KV res", kv_reserved),
-    ("░", "yellow", "activations (peak, measured at load)", "act", lambda m: m.activations),
+    ("░", "yellow", "activations (peak, measured at load)", "act", lambda m: m.activations + m.graphs),
     ("▚", "red", "other: runtime, other processes", "other", lambda m: m.other),
     ("·", "grey50", "free", "free", lambda m: m.free),
 )

@@ -34,12 +34,21 @@ class StepInput:
 
     def metadata(self, device: torch.device) -> AttentionMetadata:
         def t(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(a).to(device, non_blocking=True)
+            return to_device(a, device)
 
         spans = [PrefillSpan(s, e, c, t(bt) if c > e - s else None)
                  for (s, e, c), bt in zip(self.prefill_spans, self.prefill_block_tables)]
         return AttentionMetadata(t(self.slot_mapping), self.num_decodes, t(self.decode_block_tables),
                                  t(self.decode_context_lens), spans)
+
+
+def to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A step array on `device`. On CUDA it goes through pinned host memory, so the copy is
+    asynchronous (torch's pinned-memory cache keeps the buffer until the copy has run)."""
+    t = torch.from_numpy(a)
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def build_step(batch: list[tuple[Sequence, int]], block_size: int) -> StepInput:

@@ -56,6 +56,7 @@ class EngineInfo:
     kv_bytes_per_rank: int
     weight_bytes_per_rank: list[int]
     peak_activation_bytes_per_rank: list[int]
+    graph_bytes_per_rank: list[int]
 
 
 class LLMEngine:
@@ -135,7 +136,8 @@ class LLMEngine:
         return EngineInfo(pids=[r["pid"] for r in ranks], dtype=ranks[0]["dtype"],
                           num_kv_blocks=ranks[0]["num_blocks"], kv_bytes_per_rank=ranks[0]["kv_bytes"],
                           weight_bytes_per_rank=[r["weight_bytes"] for r in ranks],
-                          peak_activation_bytes_per_rank=[r["peak_activation_bytes"] for r in ranks])
+                          peak_activation_bytes_per_rank=[r["peak_activation_bytes"] for r in ranks],
+                          graph_bytes_per_rank=[r["graph_bytes"] for r in ranks])
 
     # -- requests ---------------------------------------------------------------------
 

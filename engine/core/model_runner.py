@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,9 @@ import torch
 from mgpud.records import LoadProgress
 
 from ..config import ModelConfig
-from .batch import StepInput
-from .layers.attention import KVCache
+from .batch import StepInput, to_device
+from .cuda_graphs import DecodeGraphs, capture_decode_graphs
+from .layers.attention import AttentionMetadata, KVCache
 from .loader import load_weights
 from .memory import peak_rss
 from .models import model_class
@@ -35,6 +37,7 @@ class ModelRunner:
             self.model = model_class(model_cfg)(model_cfg, group, self.dtype, max_model_len)
         load_weights(self.model, model_dir, progress)
         self.caches: list[KVCache] = []
+        self.graphs: DecodeGraphs | None = None  # decode steps replay these once captured
 
     @property
     def weight_bytes(self) -> int:
@@ -60,10 +63,7 @@ class ModelRunner:
             prefill_spans=spans, prefill_block_tables=[np.zeros(1, dtype=np.int32)] * len(spans),
             logits_indices=np.asarray([e - 1 for _, e, _ in spans], dtype=np.int64),
             prompt_logits_indices=np.zeros(0, dtype=np.int64))
-        heads = self.cfg.num_kv_heads // self.group.size
-        dummy = torch.zeros(1, self.block_size, heads, self.cfg.head_dim, dtype=self.dtype, device=self.device)
-        self.caches = [(dummy, dummy)] * self.cfg.num_layers
-        try:
+        with self._dummy_caches():
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
                 base = torch.cuda.memory_allocated(self.device)
@@ -74,6 +74,24 @@ class ModelRunner:
             with peak_rss() as peak:
                 self.execute(step)
             return peak[0]
+
+    def profile_graphs(self, max_num_seqs: int) -> int:
+        """Device bytes the decode graphs will hold: captured once over a one-block cache
+        (their shapes do not depend on the cache's size), measured, and released."""
+        with self._dummy_caches():
+            graphs, held = self._capture(max_num_seqs)
+        del graphs
+        torch.cuda.empty_cache()
+        return held
+
+    @contextmanager
+    def _dummy_caches(self) -> Iterator[None]:
+        """A one-block KV cache that profiling steps may run over (their slots are -1)."""
+        heads = self.cfg.num_kv_heads // self.group.size
+        dummy = torch.zeros(1, self.block_size, heads, self.cfg.head_dim, dtype=self.dtype, device=self.device)
+        self.caches = [(dummy, dummy)] * self.cfg.num_layers
+        try:
+            yield
         finally:
             self.caches = []
 
@@ -91,6 +109,18 @@ class ModelRunner:
         self.kv = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.caches = [(layer[0], layer[1]) for layer in self.kv]
 
+    def capture_graphs(self, max_num_seqs: int) -> int:
+        """Capture the decode graphs over the allocated KV cache; returns the bytes they hold."""
+        self.graphs, held = self._capture(max_num_seqs)
+        return held
+
+    @torch.inference_mode()
+    def _capture(self, max_num_seqs: int) -> tuple[DecodeGraphs, int]:
+        return capture_decode_graphs(self._forward, max_num_seqs, self.max_model_len, self.block_size, self.device)
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        return self.model(ids, positions, meta, self.caches)
+
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -99,11 +129,13 @@ class ModelRunner:
     def execute(self, step: StepInput) -> torch.Tensor | None:
         """Full-vocab float32 logits [S + R, vocab] on rank 0: a row per sampling sequence,
         then a row per prompt-logprob position. The LM head runs on those rows only."""
-        ids = torch.from_numpy(step.input_ids).to(self.device, non_blocking=True)
-        positions = torch.from_numpy(step.positions).to(self.device, non_blocking=True)
-        hidden = self.model(ids, positions, step.metadata(self.device), self.caches)
+        if self.graphs is not None and self.graphs.fits(step):
+            hidden = self.graphs.replay(step)
+        else:
+            ids, positions = to_device(step.input_ids, self.device), to_device(step.positions, self.device)
+            hidden = self._forward(ids, positions, step.metadata(self.device))
         rows = np.concatenate((step.logits_indices, step.prompt_logits_indices))
         if len(rows) == 0:
             return None
-        logits = self.model.logits(hidden.index_select(0, torch.from_numpy(rows).to(self.device)))
+        logits = self.model.logits(hidden.index_select(0, to_device(rows, self.device)))
         return None if logits is None else logits.float()

@@ -83,15 +83,23 @@ class Worker:
         progress = self._progress if a.rank == 0 else None
         self.runner = ModelRunner(a.model, Path(a.model_dir), self.group, self.device, a.dtype,
                                   a.max_model_len, a.config.block_size, progress)
-        peak = 0  # an explicit KV budget needs no measurement (and saves a full-size forward)
+        graphs = self.device.type == "cuda" and not a.config.enforce_eager
+        peak = graph_reserve = 0  # an explicit KV budget needs no measurement (and saves a full-size forward)
         if a.config.kv_cache_memory is None:
             if a.rank == 0:
                 self.send("progress", progress=LoadProgress("profile", message="measuring activation memory"))
             peak = self.runner.profile(a.config.max_num_batched_tokens, a.config.max_num_seqs)
-        num_blocks = self._agree_on_blocks(peak)
+            if graphs:
+                graph_reserve = self.runner.profile_graphs(a.config.max_num_seqs)
+        num_blocks = self._agree_on_blocks(peak + graph_reserve)
         self.runner.allocate_kv(num_blocks)
+        graph_bytes = 0
+        if graphs:
+            if a.rank == 0:
+                self.send("progress", progress=LoadProgress("profile", message="capturing CUDA graphs"))
+            graph_bytes = self.runner.capture_graphs(a.config.max_num_seqs)
         self.send("ready", rank=a.rank, pid=os.getpid(), dtype=a.dtype, weight_bytes=self.runner.weight_bytes,
-                  peak_activation_bytes=peak, num_blocks=num_blocks,
+                  peak_activation_bytes=peak, graph_bytes=graph_bytes, num_blocks=num_blocks,
                   kv_bytes=num_blocks * self.runner.kv_block_bytes)
 
     def _progress(self, p) -> None:
@@ -107,10 +115,14 @@ class Worker:
         a = self.args
         backend = "nccl" if self.device.type == "cuda" else "gloo"
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        # device_id binds NCCL's communicator to this rank's GPU at once, well before any
+        # collective is captured into a CUDA graph.
         dist.init_process_group(backend, init_method=f"file://{a.run_dir}/rendezvous",
-                                rank=a.rank, world_size=a.tp, timeout=timedelta(seconds=120))
+                                rank=a.rank, world_size=a.tp, timeout=timedelta(seconds=120),
+                                device_id=self.device if self.device.type == "cuda" else None)
 
-    def _agree_on_blocks(self, peak: int) -> int:
+    def _agree_on_blocks(self, reserved: int) -> int:
+        """KV blocks every rank can hold beside `reserved` bytes (activations, graphs)."""
         import torch
         import torch.distributed as dist
 
@@ -120,8 +132,9 @@ class Worker:
         a = self.args
         c = a.config
         budget = c.kv_cache_memory if c.kv_cache_memory is not None else kv_budget(
-            self.device, c.device_memory, c.memory_utilization, peak, a.tp)
-        blocks = torch.tensor([max(0, budget) // self.runner.kv_block_bytes], dtype=torch.int64)
+            self.device, c.device_memory, c.memory_utilization, reserved, a.tp)
+        # On the rank's device: NCCL reduces CUDA tensors only.
+        blocks = torch.tensor([max(0, budget) // self.runner.kv_block_bytes], dtype=torch.int64, device=self.device)
         if a.tp > 1:
             dist.all_reduce(blocks, op=dist.ReduceOp.MIN)
         num_blocks = int(blocks)

@@ -31,13 +31,14 @@ _PCIE_LATENCY = 25e-6  # s: the same through the PCIe root complex
 
 HARDWARE: dict[str, Hardware] = {h.name: h for h in (
     Hardware("H100-80GB", 81559 * MiB, 989e12, 67e12, 3.35e12, "NVLink 4 (SXM5)", 450e9, _NVLINK_LATENCY),
+    Hardware("H200-141GB", 143771 * MiB, 989e12, 67e12, 4.8e12, "NVLink 4 (SXM5)", 450e9, _NVLINK_LATENCY),
     Hardware("H100-PCIe", 81559 * MiB, 756e12, 51e12, 2.0e12, "PCIe Gen5 x16", 64e9, _PCIE_LATENCY),
     Hardware("A100-80GB", 81920 * MiB, 312e12, 19.5e12, 2.039e12, "NVLink 3 (SXM4)", 300e9, _NVLINK_LATENCY),
     Hardware("A100-40GB", 40960 * MiB, 312e12, 19.5e12, 1.555e12, "NVLink 3 (SXM4)", 300e9, _NVLINK_LATENCY),
 )}
 
 # Substrings of NVML device names -> preset; a GPU not listed gets no throughput estimate.
-_NVML_NAMES = (("H100 80GB HBM3", "H100-80GB"), ("H100 PCIe", "H100-PCIe"),
+_NVML_NAMES = (("H100 80GB HBM3", "H100-80GB"), ("H200", "H200-141GB"), ("H100 PCIe", "H100-PCIe"),
                ("A100-SXM4-80GB", "A100-80GB"), ("A100-SXM4-40GB", "A100-40GB"))
 
 

@@ -28,17 +28,17 @@ class DeviceSpecError(EngineError, ValueError):
 
 
 def memory_breakdown(capacity: int, used: int, weights: int, kv_allocated: int, kv_used: int,
-                     activations: int) -> MemorySplit:
+                     activations: int, graphs: int = 0) -> MemorySplit:
     """Split one device's memory (all arguments in bytes) for display.
 
     `used` is what the device reports: NVML's used memory for a GPU, the workers' RSS for a
     CPU device. RSS can be below the engine's accounting (untouched KV pages are not
     resident yet), so the larger of the two counts as taken.
     """
-    engine = weights + kv_allocated + activations
+    engine = weights + kv_allocated + activations + graphs
     return MemorySplit(weights=weights, kv_allocated=kv_allocated,
                        kv_used=min(kv_used, kv_allocated), activations=activations,
-                       other=max(0, used - engine), free=max(0, capacity - max(used, engine)))
+                       other=max(0, used - engine), free=max(0, capacity - max(used, engine)), graphs=graphs)
 
 
 def discover(spec: str | None = None, device_memory: int | None = None) -> list[Device]:

@@ -139,8 +139,9 @@ def _merge_splits_kernel(
         mask=in_range,
         other=float("-inf"),
     )
-    # Split 0 always holds the first token, so the maximum is finite.
-    weights = tl.exp(lse - tl.max(lse, axis=0))
+    # A padding row of a CUDA graph's batch (context length 0) has no finite lse: it gets zeros.
+    top = tl.max(lse, axis=0)
+    weights = tl.exp(lse - tl.where(top > float("-inf"), top, 0.0))
     partial = tl.load(
         partial_ptr
         + seq * stride_partial_seq
@@ -150,7 +151,8 @@ def _merge_splits_kernel(
         mask=in_range[:, None],
         other=0.0,
     )
-    out = tl.sum(weights[:, None] * partial, axis=0) / tl.sum(weights, axis=0)
+    total = tl.sum(weights, axis=0)
+    out = tl.sum(weights[:, None] * partial, axis=0) / tl.where(total > 0, total, 1.0)
     tl.store(
         out_ptr + seq * stride_out_seq + head * stride_out_head + dims,
         out.to(out_ptr.dtype.element_ty),
