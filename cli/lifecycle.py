@@ -26,6 +26,11 @@ _LIMIT_OPTIONS: dict[str, dict[str, Any]] = {
 }
 
 
+# Ours first, then vLLM's spellings, so that a command line copied from vLLM works as it is.
+TP_FLAGS = ("--tp", "--tensor-parallel-size", "-tp")
+DP_FLAGS = ("--dp", "--data-parallel-size", "-dp")
+
+
 def engine_limit_options(fn: F) -> F:
     """An option per engine limit that `load` takes (ENGINE_LIMIT_KEYS), each left unset by default."""
     for key in reversed(ENGINE_LIMIT_KEYS):
@@ -37,8 +42,10 @@ def engine_limit_options(fn: F) -> F:
 @click.command()
 @click.argument("model")
 @schema_option("load", "name", help="Name to serve it under (default: the directory's name; `demo` for demo).")
-@schema_option("load", "tp", default=0, show_default=True, help="Tensor-parallel degree; 0 = the planner chooses.")
-@schema_option("load", "dp", default=0, show_default=True, help="Data-parallel replicas; 0 = the planner chooses.")
+@schema_option("load", "tp", *TP_FLAGS, default=0, show_default=True,
+               help="Tensor-parallel degree; 0 = the planner chooses.")
+@schema_option("load", "dp", *DP_FLAGS, default=0, show_default=True,
+               help="Data-parallel replicas; 0 = the planner chooses.")
 @click.option("--devices", metavar="ID,ID,..", help="Devices to use, e.g. cpu:0,cpu:1 or 0,1 (default: free ones).")
 @engine_limit_options
 @click.option("--no-wait", is_flag=True, help="Return at once; the load goes on in the background.")
@@ -58,15 +65,11 @@ def load(settings: Settings, model: str, name: str | None, tp: int, dp: int, dev
       mgpud load /models/Llama-3.1-8B --tp 2 --max-model-len 8192
       mgpud load ./my-model --devices cpu:0 --kv-cache-memory 512MiB --no-wait
     """
-    args = {"model": _model_path(model), "name": name, "tp": tp, "dp": dp,
+    args = {"model": model_ref(model), "name": name, "tp": tp, "dp": dp,
             "devices": [d.strip() for d in devices.split(",")] if devices else None,
             **{key: limits[key] for key in ENGINE_LIMIT_KEYS}, "wait": not no_wait}
-    label = name or Path(model).name or model
     start = time.monotonic()
-    with settings.client() as client:
-        stream = client.stream("load", **args)
-        view = ProgressView(f"loading {label}", for_script=settings.json)
-        result = follow(stream, view, f"the daemon keeps loading {label}; follow it with `mgpud ps`")
+    result = load_following(settings, args)
     took = time.monotonic() - start
 
     def words(reply: dict[str, Any]) -> str:
@@ -75,7 +78,16 @@ def load(settings: Settings, model: str, name: str | None, tp: int, dp: int, dev
     settings.say(result, words)
 
 
-def _model_path(model: str) -> str:
+def load_following(settings: Settings, args: dict[str, Any]) -> dict[str, Any]:
+    """Send `load` and draw its progress; the daemon's reply (the model's description)."""
+    label = args["name"] or Path(args["model"]).name or args["model"]
+    with settings.client() as client:
+        stream = client.stream("load", **args)
+        view = ProgressView(f"loading {label}", for_script=settings.json)
+        return follow(stream, view, f"the daemon keeps loading {label}; follow it with `mgpud ps`")
+
+
+def model_ref(model: str) -> str:
     """The daemon runs elsewhere (another cwd, maybe another user): send absolute paths."""
     path = Path(model).expanduser()
     return str(path.resolve()) if model != "demo" and path.exists() else model
@@ -132,8 +144,8 @@ def _reasons(m: ModelRecord) -> list[str]:
 @global_options()
 @pass_settings
 def unload(settings: Settings, name: str, force: bool) -> None:
-    """Stop serving NAME and free its devices. New requests are refused at once; running
-    generations finish first unless --force cancels them.
+    """Stop serving NAME and free its devices (`mgpud stop NAME` says the same). New
+    requests are refused at once; running generations finish first unless --force cancels them.
 
     \b
     Examples:
@@ -146,8 +158,8 @@ def unload(settings: Settings, name: str, force: bool) -> None:
 
 @click.command()
 @schema_argument("reconfigure", "name", "name", shell_complete=complete_model_names)
-@schema_option("reconfigure", "tp", help="New tensor-parallel degree.")
-@schema_option("reconfigure", "dp", help="New number of replicas.")
+@schema_option("reconfigure", "tp", *TP_FLAGS, help="New tensor-parallel degree.")
+@schema_option("reconfigure", "dp", *DP_FLAGS, help="New number of replicas.")
 @global_options()
 @pass_settings
 def scale(settings: Settings, name: str, tp: int | None, dp: int | None) -> None:

@@ -7,6 +7,7 @@ one shuts the daemon down.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -32,12 +33,12 @@ LONG = 8192  # positions of the test model: room for a generation that outlasts 
 
 
 class Daemon:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *flags: str) -> None:
         self.runtime_dir = root / "run"
         self.log = root / "daemon.log"
         cmd = [sys.executable, "-m", "mgpud.cli", "serve", "--runtime-dir", str(self.runtime_dir),
                "--state-dir", str(root / "state"), "--devices", "cpu:2", "--device-memory", "1GiB",
-               "--log-level", "debug", "--http", "off"]
+               "--log-level", "debug", "--http", "off", *flags]
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
@@ -64,10 +65,10 @@ class Daemon:
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.fixture(scope="module")
-def daemon() -> Iterator[Daemon]:
-    root = Path(tempfile.mkdtemp(prefix="mgpud-cli-"))  # short: a socket path holds 107 bytes
-    d = Daemon(root)
+@contextlib.contextmanager
+def serving(root: Path, *flags: str) -> Iterator[Daemon]:
+    """A daemon in `root` (with `flags` for `serve`), answering; killed at the end if still up."""
+    d = Daemon(root, *flags)
     try:
         d.wait_answering()
         yield d
@@ -75,6 +76,15 @@ def daemon() -> Iterator[Daemon]:
         if d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[Daemon]:
+    root = Path(tempfile.mkdtemp(prefix="mgpud-cli-"))  # short: a socket path holds 107 bytes
+    try:
+        with serving(root) as d:
+            yield d
+    finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
