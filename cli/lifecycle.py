@@ -97,7 +97,7 @@ def format_loaded(m: ModelRecord, seconds: float) -> str:
     length = m.stats.max_model_len if m.stats else None
     lines = [f"{m.name} {state(m.state)} in {seconds:.1f} s: {_shape(m)}"
              + (f", max_model_len {length:,}" if length else "")]
-    return "\n".join(lines + _replica_lines(m) + _reasons(m))
+    return "\n".join(lines + _replica_lines(m) + auto_lines(m) + _reasons(m))
 
 
 def _replica_lines(m: ModelRecord) -> list[str]:
@@ -120,7 +120,7 @@ def _replica_line(r: ReplicaFigures, max_model_len: int | None) -> str:
 
 def format_background(m: ModelRecord) -> str:
     lines = [f"loading {m.name} in the background: {_shape(m)}; follow it with `mgpud ps`"]
-    return "\n".join(lines + _reasons(m))
+    return "\n".join(lines + auto_lines(m) + _reasons(m))
 
 
 def _shape(m: ModelRecord) -> str:
@@ -132,6 +132,11 @@ def _per_rank(sizes: list[int]) -> str:
     if len(set(sizes)) == 1:
         return f"{fmt_bytes(sizes[0])} per rank"
     return "/".join(map(fmt_bytes, sizes)) + " on its ranks"
+
+
+def auto_lines(m: ModelRecord) -> list[str]:
+    """What the planner chose where the load left it at 0: "auto tp=1, auto dp=2"."""
+    return ["  " + ", ".join(f"auto {k}={getattr(m, k)}" for k in m.auto)] if m.auto else []
 
 
 def _reasons(m: ModelRecord) -> list[str]:

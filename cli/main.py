@@ -10,7 +10,8 @@ import click
 
 from mgpud.ipc.errors import MgpudError
 
-from . import cancel, chat, completion, devices, generate, lifecycle, metrics, plan, ps, run, serve, status, top, up
+from . import (cancel, chat, completion, devices, generate, lifecycle, metrics, plan, ps, run, serve, status, store,
+               top, up)
 from .context import Settings, global_options
 from .exits import FAILED, INTERRUPTED, USAGE, CliError, code_for, fail
 
@@ -73,7 +74,7 @@ def cli(ctx: click.Context) -> None:
         ctx.color = False
 
 
-for module in (serve, up, status, devices, ps, lifecycle, generate, cancel, chat, run, plan, top, metrics,
+for module in (serve, up, status, devices, ps, lifecycle, generate, cancel, chat, run, store, plan, top, metrics,
                completion):
     for command in module.COMMANDS:
         cli.add_command(command)

@@ -12,7 +12,7 @@ from .chat import converse
 from .context import Settings, complete_model_names, global_options, pass_settings
 from .exits import note
 from .generate import sampling_options
-from .lifecycle import DP_FLAGS, TP_FLAGS, load_following, model_ref
+from .lifecycle import DP_FLAGS, TP_FLAGS, auto_lines, load_following, model_ref
 from .params import schema_option
 
 
@@ -62,7 +62,7 @@ def _served_as(settings: Settings, model: str, name: str | None) -> str | None:
 
 
 def _loaded_line(m: ModelRecord) -> str:
-    return f"{m.name}: tp={m.tp} x dp={m.dp} on {', '.join(m.devices)}"
+    return "\n".join([f"{m.name}: tp={m.tp} x dp={m.dp} on {', '.join(m.devices)}", *auto_lines(m)])
 
 
 COMMANDS = (run,)

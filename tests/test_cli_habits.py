@@ -17,7 +17,6 @@ from click.testing import CliRunner
 from checkpoints import make_tiny_checkpoint
 from mgpud.cli.main import cli
 from test_cli import KV, Daemon, serving
-from waiting import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +26,37 @@ def place() -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
 @pytest.fixture(scope="module")
 def model_dir(place: Path) -> Path:
     return make_tiny_checkpoint(place / "models" / "tiny", "llama")
 
 
 @pytest.fixture(scope="module")
-def daemon(place: Path, model_dir: Path) -> Iterator[Daemon]:
-    with serving(place) as d:
-        yield d
+def hub(place: Path) -> Path:
+    """A Hugging Face cache holding testorg/tiny as the hub lays it out: files in blobs/,
+    the snapshot's names linked to them, refs/main naming the snapshot."""
+    cache = place / "hf"
+    repo = cache / "models--testorg--tiny"
+    snapshot = make_tiny_checkpoint(repo / "snapshots" / REVISION, "llama", seed=4)
+    (repo / "blobs").mkdir()
+    for n, file in enumerate(sorted(snapshot.iterdir())):
+        blob = repo / "blobs" / f"blob{n}"
+        file.rename(blob)
+        file.symlink_to(Path("..", "..", "blobs", blob.name))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(REVISION)
+    return cache
+
+
+@pytest.fixture(scope="module")
+def daemon(place: Path, model_dir: Path, hub: Path) -> Iterator[Daemon]:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("HF_HUB_CACHE", str(hub))  # for the daemon and the commands run here
+        with serving(place, "--model-root", str(model_dir.parent)) as d:
+            yield d
 
 
 def error_of(result: Any) -> dict[str, str]:
@@ -43,18 +64,13 @@ def error_of(result: Any) -> dict[str, str]:
     return json.loads(result.stdout)["error"]
 
 
-def test_vllm_flag_spellings_load_and_scale(daemon: Daemon, model_dir: Path) -> None:
-    loaded = daemon.cli("load", str(model_dir), "--name", "v", "--tensor-parallel-size", "1", "-dp", "1",
-                        "--kv-cache-memory", KV, "--json")
-    assert loaded.exit_code == 0, loaded.output
-    assert (json.loads(loaded.stdout)["tp"], json.loads(loaded.stdout)["dp"]) == (1, 1)
-    scaled = daemon.cli("scale", "v", "--data-parallel-size", "2", "-tp", "1", "--json")
-    assert scaled.exit_code == 0, scaled.output
-    assert json.loads(scaled.stdout)["to"] == {"tp": 1, "dp": 2}
-    stopped = daemon.cli("stop", "v")
-    assert stopped.exit_code == 0, stopped.output
-    assert stopped.stdout == "unloaded v\n"
-    assert daemon.model("v") is None
+def test_vllm_flag_spellings_are_ours(daemon: Daemon) -> None:
+    """Each spelling parses (the daemon answers not_found, exit 1, not a usage error, exit 2)."""
+    for flags in (("--tensor-parallel-size", "1"), ("-tp", "1"), ("--data-parallel-size", "2"), ("-dp", "2")):
+        scaled = daemon.cli("scale", "ghost", *flags, "--json")
+        assert (scaled.exit_code, error_of(scaled)["code"]) == (1, "not_found"), flags
+        loaded = daemon.cli("load", "testorg/absent", *flags, "--json")
+        assert (loaded.exit_code, error_of(loaded)["code"]) == (1, "load_failed"), flags
 
 
 def test_json_failures_print_an_error_object_with_the_same_exit_codes(daemon: Daemon) -> None:
@@ -81,24 +97,70 @@ def test_a_failed_load_gives_its_name_to_the_next_load(daemon: Daemon, model_dir
     assert starved.exit_code == 1
     assert "KV cache" in starved.stderr
     assert (daemon.model("again") or {}).get("state") == "failed"
-    retried = daemon.cli("load", str(model_dir), "--name", "again", "--tp", "1", "--dp", "1",
-                         "--kv-cache-memory", KV)
+    retried = daemon.cli("load", str(model_dir), "--name", "again", "--devices", "cpu:1", "--kv-cache-memory", KV)
     assert retried.exit_code == 0, retried.output
     assert (daemon.model("again") or {}).get("state") == "ready"
+    # The planner chose the shape: the load says so, the log too, each with the reasons.
+    assert "  auto tp=1, auto dp=1\n  why this shape:" in retried.stdout
+    assert "again: auto tp=1 auto dp=1 (" in daemon.log.read_text()
     assert daemon.cli("stop", "again").exit_code == 0
 
 
-def test_run_loads_then_chats_and_reuses_what_is_served(daemon: Daemon, model_dir: Path) -> None:
-    first = daemon.cli("run", str(model_dir), "--max-tokens", "3", input="hello\n/exit\n")
+def test_run_loads_an_id_from_the_cache_offline_then_chats_and_reuses_it(daemon: Daemon) -> None:
+    first = daemon.cli("run", "testorg/tiny", "-tp", "1", "-dp", "1", "--max-tokens", "3", input="hello\n/exit\n")
     assert first.exit_code == 0, first.output
-    assert "tiny: tp=" in first.stderr
+    assert "tiny: tp=1 x dp=1 on cpu:" in first.stderr
     assert "tiny> " in first.stdout
     served = daemon.model("tiny")
-    assert served is not None and served["state"] == "ready"
-    again = daemon.cli("run", str(model_dir), "--max-tokens", "3", input="hi\n")
+    assert served is not None and (served["state"], served["model"]) == ("ready", "testorg/tiny")
+    again = daemon.cli("run", "testorg/tiny", "--max-tokens", "3", input="hi\n")
     assert again.exit_code == 0, again.output
     assert "loading" not in again.stderr and "tiny> " in again.stdout
     by_name = daemon.cli("run", "tiny", "--max-tokens", "3", input="hi\n")
     assert by_name.exit_code == 0 and "tiny> " in by_name.stdout
-    daemon.call("unload", name="tiny", force=True)
-    wait_for(lambda: daemon.model("tiny") is None, "tiny to unload")
+    assert daemon.cli("stop", "tiny").stdout == "unloaded tiny\n"
+    assert daemon.model("tiny") is None
+
+
+def test_an_id_not_in_the_cache_says_where_it_looked_and_how_to_fetch_it(daemon: Daemon, hub: Path) -> None:
+    missing = daemon.cli("load", "testorg/absent", "--tp", "1")
+    assert missing.exit_code == 1
+    assert str(hub / "models--testorg--absent") in missing.stderr
+    assert "mgpud pull testorg/absent" in missing.stderr
+
+
+def test_model_roots_refuse_paths_outside_them(daemon: Daemon, place: Path, model_dir: Path) -> None:
+    etc = daemon.cli("load", "/etc", "--tp", "1", "--json")
+    assert etc.exit_code == 1
+    assert error_of(etc)["code"] == "load_failed"
+    assert "outside the model roots" in error_of(etc)["message"] and str(model_dir.parent) in error_of(etc)["message"]
+    elsewhere = place / "elsewhere"
+    shutil.copytree(model_dir, elsewhere)
+    sneaky = model_dir.parent / "sneaky"
+    sneaky.symlink_to(elsewhere)  # inside by its name, outside once resolved
+    linked = daemon.cli("load", str(sneaky), "--tp", "1")
+    assert linked.exit_code == 1 and "outside the model roots" in linked.stderr
+    sneaky.unlink()
+
+
+def test_list_shows_the_models_on_disk(daemon: Daemon, model_dir: Path) -> None:
+    result = daemon.cli("list", "--json")
+    assert result.exit_code == 0, result.output
+    found = {m["ref"]: m for m in json.loads(result.stdout)["models"]}
+    assert found["testorg/tiny"]["source"] == "hf"
+    assert found[str(model_dir)]["source"] == "root"
+    for ref in ("testorg/tiny", str(model_dir)):
+        assert found[ref]["architecture"] == "LlamaForCausalLM"
+        assert found[ref]["size_bytes"] > 100_000  # the weights, through the hub's links too
+        assert found[ref]["fits"] is True
+    text = daemon.cli("list")
+    assert "testorg/tiny" in text.stdout and "yes (tp=" in text.stdout
+
+
+def test_pull_offline_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    result = CliRunner().invoke(cli, ["pull", "testorg/tiny"])
+    assert result.exit_code == 1
+    assert "HF_HUB_OFFLINE" in result.stderr and "cannot be downloaded" in result.stderr
+    assert CliRunner().invoke(cli, ["pull", "not-an-id"]).exit_code == 2
