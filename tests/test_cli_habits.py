@@ -5,7 +5,9 @@ resolved from a cache laid out in a temporary directory, model roots."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ from click.testing import CliRunner
 from checkpoints import make_tiny_checkpoint
 from mgpud.cli.main import cli
 from test_cli import KV, Daemon, serving
+from test_tui_terminal import Tmux, tmux  # noqa: F401  (the fixture: a private tmux server)
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +121,20 @@ def test_run_loads_an_id_from_the_cache_offline_then_chats_and_reuses_it(daemon:
     assert "loading" not in again.stderr and "tiny> " in again.stdout
     by_name = daemon.cli("run", "tiny", "--max-tokens", "3", input="hi\n")
     assert by_name.exit_code == 0 and "tiny> " in by_name.stdout
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_up_attaches_to_the_daemon_running(daemon: Daemon, tmux: Tmux) -> None:  # noqa: F811
+    """With "tiny" served (the test above), `up` opens the dashboard on it, and quitting
+    leaves the daemon and its model as they were."""
+    command = f"{sys.executable} -m mgpud.cli up --runtime-dir {daemon.runtime_dir}; echo EXITED $?; sleep 600"
+    tmux("new-session", "-d", "-s", "top", "-x", "120", "-y", "40", command)
+    tmux.until(lambda s: re.search(r"│ tiny .* ready", s), "the dashboard on the running daemon", timeout=60)
+    tmux("send-keys", "-t", "top", "q")
+    after = tmux.until(lambda s: "EXITED" in s, "mgpud up to finish", timeout=60)
+    assert "EXITED 0" in after and "a daemon already answers here" in after
+    assert "stopped the daemon" not in after
+    assert (daemon.model("tiny") or {}).get("state") == "ready"
     assert daemon.cli("stop", "tiny").stdout == "unloaded tiny\n"
     assert daemon.model("tiny") is None
 
