@@ -191,13 +191,14 @@ def test_load_human_shows_progress_then_shape_and_kv(daemon: Daemon, served: dic
     extra.append("second")
     result = daemon.cli(*load_args(model_dir, "second", "--max-model-len", "1024"))
     assert result.exit_code == 0, result.output
-    first, replica, *reasons = result.stdout.splitlines()
+    first, replica, auto, *reasons = result.stdout.splitlines()
     assert re.fullmatch(r"second ready in [\d.]+ s: tp=1 x dp=1 on cpu:1, max_model_len 1,024", first)
     # 8 MiB / (2 layers x K,V x 2 heads x 16 x 4 bytes) = 16,384 tokens in blocks of 16
     assert re.fullmatch(r"  replica 0 on cpu:1: weights [\d.]+ KiB per rank, KV cache 8.0 MiB per rank = "
                         r"(1,024 blocks|16,384 tokens, 16 sequences of 1,024)", replica)
     assert "loading second: load" in result.stderr  # one line per phase away from a terminal
     assert "loading second: ready" in result.stderr
+    assert auto == "  auto tp=1, auto dp=1"  # the planner chose both, and says why below
     assert reasons[0] == "  why this shape:"
 
     unloaded = daemon.cli("unload", "second")
