@@ -230,7 +230,15 @@ def test_a_faster_device_plans_faster_and_a_larger_one_fits_more():
     assert large.shapes[0].kv_tokens > 10 * small.shapes[0].kv_tokens
 
 
-@pytest.mark.parametrize("spec", ["auto", "0,1", "9xB200", "cpu:0", "0xH100-80GB"])
+def test_a_device_named_by_its_memory_alone():
+    pool = describe("4x48GB")
+    assert (pool.count, pool.memory, pool.hardware, pool.label) == (4, 48 * 10**9, None, "4x 48GB")
+    assert "no throughput estimate" in pool.notes[0]
+    p = plan("Llama-3.1-8B", "2x24GiB", dtype="bf16", max_model_len=4096)
+    assert p.chosen is not None and all(s.tokens_per_s is None for s in p.shapes)
+
+
+@pytest.mark.parametrize("spec", ["auto", "0,1", "9xB200", "cpu:0", "0xH100-80GB", "4x48", "0x48GB"])
 def test_describe_rejects_what_is_no_description(spec):
     assert describe(spec) is None
 
