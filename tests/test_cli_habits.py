@@ -5,8 +5,10 @@ resolved from a cache laid out in a temporary directory, model roots."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -181,3 +183,11 @@ def test_pull_offline_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert result.exit_code == 1
     assert "HF_HUB_OFFLINE" in result.stderr and "cannot be downloaded" in result.stderr
     assert CliRunner().invoke(cli, ["pull", "not-an-id"]).exit_code == 2
+    # No way to the hub (nothing listens where it should be): one line that says so.
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"} | {"HF_ENDPOINT": "http://127.0.0.1:9"}
+    done = subprocess.run([sys.executable, "-m", "mgpud.cli", "pull", "testorg/tiny", "--json"], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1
+    error = json.loads(done.stdout)["error"]
+    assert error["code"] == "failed" and "hub is unreachable" in error["message"] and "\n" not in error["message"]
+    assert not any(tmp_path.glob("models--testorg--tiny/snapshots/*/*"))

@@ -70,5 +70,6 @@ def pull(repo_id: str) -> Path:
         raise ModelLoadError(f"{repo_id}: no such model on the Hugging Face hub (or it is gated: "
                              "log in with `hf auth login`)") from None
     except (OfflineModeIsEnabled, OSError, HfHubHTTPError) as exc:
-        raise OfflineError(f"cannot download {repo_id}: the Hugging Face hub is unreachable ({exc}); "
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__  # the hub's messages run on
+        raise OfflineError(f"cannot download {repo_id}: the Hugging Face hub is unreachable ({why}); "
                            f"check the network, or copy the model into {hub_cache()}") from None
