@@ -134,6 +134,11 @@ def _per_rank(sizes: list[int]) -> str:
     return "/".join(map(fmt_bytes, sizes)) + " on its ranks"
 
 
+def loaded_summary(m: ModelRecord) -> str:
+    """A loaded model in a line (and the planner's choices under it), for commands that go on."""
+    return "\n".join([f"{m.name}: {_shape(m)}", *auto_lines(m)])
+
+
 def auto_lines(m: ModelRecord) -> list[str]:
     """What the planner chose where the load left it at 0: "auto tp=1, auto dp=2"."""
     return ["  " + ", ".join(f"auto {k}={getattr(m, k)}" for k in m.auto)] if m.auto else []

@@ -12,7 +12,7 @@ from .chat import converse
 from .context import Settings, complete_model_names, global_options, pass_settings
 from .exits import note
 from .generate import sampling_options
-from .lifecycle import DP_FLAGS, TP_FLAGS, auto_lines, load_following, model_ref
+from .lifecycle import DP_FLAGS, TP_FLAGS, load_following, loaded_summary, model_ref
 from .params import schema_option
 
 
@@ -45,7 +45,7 @@ def run(settings: Settings, model: str, name: str | None, tp: int, dp: int, syst
     if served is None:
         args = {"model": model_ref(model), "name": name, "tp": tp, "dp": dp, "wait": True}
         loaded = from_wire(ModelRecord, load_following(settings, args))
-        note(_loaded_line(loaded))
+        note(loaded_summary(loaded))
         served = loaded.name
     converse(settings, served, system, stats, options)
 
@@ -59,10 +59,6 @@ def _served_as(settings: Settings, model: str, name: str | None) -> str | None:
         if m.state != "failed" and (m.name == (name or model) or (name is None and m.model == ref)):
             return m.name
     return None
-
-
-def _loaded_line(m: ModelRecord) -> str:
-    return "\n".join([f"{m.name}: tp={m.tp} x dp={m.dp} on {', '.join(m.devices)}", *auto_lines(m)])
 
 
 COMMANDS = (run,)

@@ -15,9 +15,11 @@ import click
 
 from mgpud.ipc import Client, DaemonUnavailable
 from mgpud.ipc.errors import RemoteError
+from mgpud.records import ModelRecord, from_wire
 
 from .context import Settings, global_options, pass_settings
 from .exits import CliError, note
+from .lifecycle import loaded_summary
 from .params import SIZE, schema_option
 from .progress import ProgressView, follow
 
@@ -79,7 +81,7 @@ def _ensure_model(settings: Settings, model: str, name: str, max_model_len: int,
             raise
         note(f"not loading {name}: {exc.message}")
         return
-    note(f"{name}: tp={result['tp']} x dp={result['dp']} on {', '.join(result['devices'])}")
+    note(loaded_summary(from_wire(ModelRecord, result)))
 
 
 def _stop(settings: Settings, proc: subprocess.Popen) -> None:

@@ -96,6 +96,7 @@ def test_json_failure_without_a_daemon(tmp_path: Path) -> None:
     assert error_of(result)["code"] == "no_daemon" and str(tmp_path) in error_of(result)["message"]
 
 
+@pytest.mark.slow  # the daemon's first planner run measures the CPU
 def test_a_failed_load_gives_its_name_to_the_next_load(daemon: Daemon, model_dir: Path) -> None:
     starved = daemon.cli("load", str(model_dir), "--name", "again", "--tp", "1", "--dp", "1",
                          "--kv-cache-memory", "1KiB")

@@ -288,10 +288,10 @@ def test_discovered_gpus(monkeypatch):
     assert p.budget == int(81559 * MiB * 0.9) - 60 * GiB - 1 * GiB  # GPU-2's other processes count
     assert any("cuda:2 left out" in n and "GPU is lost" in n for n in p.notes)
     assert p.chosen_shape.tokens_per_s > 0
-    gpus[:] = [FakeGpu(name="NVIDIA L4", total=23034 * MiB)]
+    gpus[:] = [FakeGpu(name="NVIDIA RTX A5000", total=24564 * MiB)]  # a GPU the table lacks
     unknown = plan("Mistral-7B", "0", max_model_len=4096, concurrency=1)
     assert unknown.chosen == (1, 1) and unknown.chosen_shape.tokens_per_s is None
-    assert unknown.knee_tp is None and any("no figures for NVIDIA L4" in n for n in unknown.notes)
+    assert unknown.knee_tp is None and any("no figures for NVIDIA RTX A5000" in n for n in unknown.notes)
 
 
 def test_no_usable_device(monkeypatch):
