@@ -37,11 +37,17 @@ def chat(settings: Settings, name: str, system: str | None, stats: bool, **optio
       mgpud chat smol
       mgpud chat smol --system "Answer in French." --temperature 0.7
     """
+    with settings.client() as client:
+        _check_served(client, name)
+    converse(settings, name, system, stats, options)
+
+
+def converse(settings: Settings, name: str, system: str | None, stats: bool, options: dict[str, Any]) -> None:
+    """The chat loop with served model `name` until /exit or Ctrl-D."""
     if sys.stdin.isatty():
         import readline  # noqa: F401  (gives input() line editing and an up-arrow history)
     opening = [{"role": "system", "content": system}] if system else []
     with settings.client() as client:
-        _check_served(client, name)
         click.echo(click.style(f"chatting with {name}; {HELP}", dim=True))
         messages = list(opening)
         while (line := _read_line()) is not None:

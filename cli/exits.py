@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from mgpud.ipc.errors import BAD_REQUEST, NO_DAEMON, MgpudError
@@ -30,6 +32,22 @@ def code_for(exc: MgpudError) -> int:
     if exc.code == BAD_REQUEST:
         return USAGE
     return FAILED
+
+
+# The `code` of a --json error for failures the command line finds itself (the daemon's
+# refusals keep the protocol's code: not_found, busy, ...).
+CODE_NAMES = {FAILED: "failed", USAGE: "usage", UNREACHABLE: NO_DAEMON, INTERRUPTED: "interrupted"}
+
+
+def fail(message: str, exit_code: int, code: str | None = None, where: str = "mgpud", as_json: bool = False) -> int:
+    """Render a failure once, for every command: one line on stderr, or with --json the object
+    {"error": {"code", "message"}} on stdout (scripts read one place). Returns `exit_code`."""
+    if as_json:
+        error = {"code": code or CODE_NAMES.get(exit_code, "failed"), "message": message}
+        click.echo(json.dumps({"error": error}, indent=2))
+    else:
+        say(message, where)
+    return exit_code
 
 
 def say(message: str, where: str = "mgpud") -> None:

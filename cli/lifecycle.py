@@ -26,6 +26,11 @@ _LIMIT_OPTIONS: dict[str, dict[str, Any]] = {
 }
 
 
+# Ours first, then vLLM's spellings, so that a command line copied from vLLM works as it is.
+TP_FLAGS = ("--tp", "--tensor-parallel-size", "-tp")
+DP_FLAGS = ("--dp", "--data-parallel-size", "-dp")
+
+
 def engine_limit_options(fn: F) -> F:
     """An option per engine limit that `load` takes (ENGINE_LIMIT_KEYS), each left unset by default."""
     for key in reversed(ENGINE_LIMIT_KEYS):
@@ -37,8 +42,10 @@ def engine_limit_options(fn: F) -> F:
 @click.command()
 @click.argument("model")
 @schema_option("load", "name", help="Name to serve it under (default: the directory's name; `demo` for demo).")
-@schema_option("load", "tp", default=0, show_default=True, help="Tensor-parallel degree; 0 = the planner chooses.")
-@schema_option("load", "dp", default=0, show_default=True, help="Data-parallel replicas; 0 = the planner chooses.")
+@schema_option("load", "tp", *TP_FLAGS, default=0, show_default=True,
+               help="Tensor-parallel degree; 0 = the planner chooses.")
+@schema_option("load", "dp", *DP_FLAGS, default=0, show_default=True,
+               help="Data-parallel replicas; 0 = the planner chooses.")
 @click.option("--devices", metavar="ID,ID,..", help="Devices to use, e.g. cpu:0,cpu:1 or 0,1 (default: free ones).")
 @engine_limit_options
 @schema_option("load", "enforce_eager", help="No CUDA graphs: every GPU step runs eagerly (vLLM's flag).")
@@ -59,15 +66,12 @@ def load(settings: Settings, model: str, name: str | None, tp: int, dp: int, dev
       mgpud load /models/Llama-3.1-8B --tp 2 --max-model-len 8192
       mgpud load ./my-model --devices cpu:0 --kv-cache-memory 512MiB --no-wait
     """
-    args = {"model": _model_path(model), "name": name, "tp": tp, "dp": dp,
+    args = {"model": model_ref(model), "name": name, "tp": tp, "dp": dp,
             "devices": [d.strip() for d in devices.split(",")] if devices else None,
-            **{key: limits[key] for key in ENGINE_LIMIT_KEYS}, "enforce_eager": enforce_eager, "wait": not no_wait}
-    label = name or Path(model).name or model
+            **{key: limits[key] for key in ENGINE_LIMIT_KEYS}, "enforce_eager": enforce_eager,
+            "wait": not no_wait}
     start = time.monotonic()
-    with settings.client() as client:
-        stream = client.stream("load", **args)
-        view = ProgressView(f"loading {label}", for_script=settings.json)
-        result = follow(stream, view, f"the daemon keeps loading {label}; follow it with `mgpud ps`")
+    result = load_following(settings, args)
     took = time.monotonic() - start
 
     def words(reply: dict[str, Any]) -> str:
@@ -76,7 +80,16 @@ def load(settings: Settings, model: str, name: str | None, tp: int, dp: int, dev
     settings.say(result, words)
 
 
-def _model_path(model: str) -> str:
+def load_following(settings: Settings, args: dict[str, Any]) -> dict[str, Any]:
+    """Send `load` and draw its progress; the daemon's reply (the model's description)."""
+    label = args["name"] or Path(args["model"]).name or args["model"]
+    with settings.client() as client:
+        stream = client.stream("load", **args)
+        view = ProgressView(f"loading {label}", for_script=settings.json)
+        return follow(stream, view, f"the daemon keeps loading {label}; follow it with `mgpud ps`")
+
+
+def model_ref(model: str) -> str:
     """The daemon runs elsewhere (another cwd, maybe another user): send absolute paths."""
     path = Path(model).expanduser()
     return str(path.resolve()) if model != "demo" and path.exists() else model
@@ -86,7 +99,7 @@ def format_loaded(m: ModelRecord, seconds: float) -> str:
     length = m.stats.max_model_len if m.stats else None
     lines = [f"{m.name} {state(m.state)} in {seconds:.1f} s: {_shape(m)}"
              + (f", max_model_len {length:,}" if length else "")]
-    return "\n".join(lines + _replica_lines(m) + _reasons(m))
+    return "\n".join(lines + _replica_lines(m) + auto_lines(m) + _reasons(m))
 
 
 def _replica_lines(m: ModelRecord) -> list[str]:
@@ -109,7 +122,7 @@ def _replica_line(r: ReplicaFigures, max_model_len: int | None) -> str:
 
 def format_background(m: ModelRecord) -> str:
     lines = [f"loading {m.name} in the background: {_shape(m)}; follow it with `mgpud ps`"]
-    return "\n".join(lines + _reasons(m))
+    return "\n".join(lines + auto_lines(m) + _reasons(m))
 
 
 def _shape(m: ModelRecord) -> str:
@@ -123,6 +136,16 @@ def _per_rank(sizes: list[int]) -> str:
     return "/".join(map(fmt_bytes, sizes)) + " on its ranks"
 
 
+def loaded_summary(m: ModelRecord) -> str:
+    """A loaded model in a line (and the planner's choices under it), for commands that go on."""
+    return "\n".join([f"{m.name}: {_shape(m)}", *auto_lines(m)])
+
+
+def auto_lines(m: ModelRecord) -> list[str]:
+    """What the planner chose where the load left it at 0: "auto tp=1, auto dp=2"."""
+    return ["  " + ", ".join(f"auto {k}={getattr(m, k)}" for k in m.auto)] if m.auto else []
+
+
 def _reasons(m: ModelRecord) -> list[str]:
     return ["  why this shape:"] + [f"    - {r}" for r in m.reasons] if m.reasons else []
 
@@ -133,8 +156,8 @@ def _reasons(m: ModelRecord) -> list[str]:
 @global_options()
 @pass_settings
 def unload(settings: Settings, name: str, force: bool) -> None:
-    """Stop serving NAME and free its devices. New requests are refused at once; running
-    generations finish first unless --force cancels them.
+    """Stop serving NAME and free its devices (`mgpud stop NAME` says the same). New
+    requests are refused at once; running generations finish first unless --force cancels them.
 
     \b
     Examples:
@@ -147,8 +170,8 @@ def unload(settings: Settings, name: str, force: bool) -> None:
 
 @click.command()
 @schema_argument("reconfigure", "name", "name", shell_complete=complete_model_names)
-@schema_option("reconfigure", "tp", help="New tensor-parallel degree.")
-@schema_option("reconfigure", "dp", help="New number of replicas.")
+@schema_option("reconfigure", "tp", *TP_FLAGS, help="New tensor-parallel degree.")
+@schema_option("reconfigure", "dp", *DP_FLAGS, help="New number of replicas.")
 @global_options()
 @pass_settings
 def scale(settings: Settings, name: str, tp: int | None, dp: int | None) -> None:

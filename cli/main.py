@@ -10,12 +10,13 @@ import click
 
 from mgpud.ipc.errors import MgpudError
 
-from . import cancel, chat, completion, devices, generate, lifecycle, metrics, plan, ps, serve, status, top, up
+from . import (cancel, chat, completion, devices, generate, lifecycle, metrics, plan, ps, run, serve, status, store,
+               top, up)
 from .context import Settings, global_options
-from .exits import FAILED, INTERRUPTED, USAGE, CliError, code_for, say
+from .exits import FAILED, INTERRUPTED, USAGE, CliError, code_for, fail
 
 
-ALIASES = {"gpus": "devices"}
+ALIASES = {"gpus": "devices", "stop": "unload"}  # nvidia-smi's and Ollama's words
 
 
 class MgpudGroup(click.Group):
@@ -26,24 +27,22 @@ class MgpudGroup(click.Group):
         return super().get_command(ctx, ALIASES.get(name, name))
 
     def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:  # type: ignore[override]
+        argv = list(sys.argv[1:] if args is None else args)
+        as_json = "--json" in argv[:argv.index("--")] if "--" in argv else "--json" in argv
         try:
-            code = super().main(args, prog_name or "mgpud", standalone_mode=False, **extra)
+            code = super().main(argv, prog_name or "mgpud", standalone_mode=False, **extra)
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx else "mgpud"
-            say(f"{exc.format_message().rstrip('.')} (see `{where} --help`)", where)
-            code = USAGE
+            code = fail(f"{exc.format_message().rstrip('.')} (see `{where} --help`)", USAGE, where=where,
+                        as_json=as_json)
         except click.ClickException as exc:
-            say(exc.format_message())
-            code = exc.exit_code
+            code = fail(exc.format_message(), exc.exit_code, as_json=as_json)
         except click.Abort:
-            say("interrupted")
-            code = INTERRUPTED
+            code = fail("interrupted", INTERRUPTED, as_json=as_json)
         except CliError as exc:
-            say(exc.message)
-            code = exc.code
+            code = fail(exc.message, exc.code, as_json=as_json)
         except MgpudError as exc:
-            say(exc.message)
-            code = code_for(exc)
+            code = fail(exc.message, code_for(exc), exc.code, as_json=as_json)
         except BrokenPipeError:
             # The reader left (`mgpud generate ... | head`): stop quietly. Python's own recipe:
             # point stdout at /dev/null so that the flush at exit does not fail again.
@@ -75,7 +74,8 @@ def cli(ctx: click.Context) -> None:
         ctx.color = False
 
 
-for module in (serve, up, status, devices, ps, lifecycle, generate, cancel, chat, plan, top, metrics, completion):
+for module in (serve, up, status, devices, ps, lifecycle, generate, cancel, chat, run, store, plan, top, metrics,
+               completion):
     for command in module.COMMANDS:
         cli.add_command(command)
 

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 @click.command()
 @click.argument("model")
 @click.option("--devices", metavar="SPEC",
-              help="8xH100-80GB, 4xA100-40GB, cpu:4, or GPU ordinals 0,1 (default: the devices found here).")
+              help="NxNAME (8xH100-80GB, 4xL40S-48GB, 2xRTX-4090-24GB; every name in docs/cli.md), cpu:4, "
+                   "or GPU ordinals 0,1 (default: the devices found here).")
 @click.option("--device-memory", type=SIZE, help="Memory of each CPU device, e.g. 4GiB.")
 @schema_option("plan", "dtype", help="Weights dtype (default bf16 on GPUs, fp32 on CPU).")
 @schema_option("plan", "max_model_len", help="Tokens per sequence (default: the model's).")

@@ -30,10 +30,12 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
               help="Where the OpenAI-compatible HTTP API listens (default 127.0.0.1:8000); off disables it.")
 @click.option("--api-key", envvar="MGPUD_API_KEY", show_envvar=True,
               help="HTTP clients must send `Authorization: Bearer KEY` (every path but /health).")
+@click.option("--model-root", "model_roots", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Load models only from this directory (repeatable; the demo and Hugging Face caches always count).")
 @pass_settings
 def serve(settings: Settings, config: Path | None, state_dir: Path | None, devices: str | None,
           device_memory: int | None, log_level: str | None, shutdown_timeout: float | None,
-          http: str | None, api_key: str | None) -> None:
+          http: str | None, api_key: str | None, model_roots: tuple[Path, ...]) -> None:
     """Run the daemon in the foreground (what systemd runs) until SIGTERM or `mgpud shutdown`.
 
     Flags override the configuration file.
@@ -48,7 +50,8 @@ def serve(settings: Settings, config: Path | None, state_dir: Path | None, devic
 
     overrides = {"runtime_dir": settings.runtime_dir, "state_dir": state_dir, "devices": devices,
                  "device_memory": device_memory, "log_level": log_level and log_level.lower(),
-                 "shutdown_timeout": shutdown_timeout, "http": http, "api_key": api_key}
+                 "shutdown_timeout": shutdown_timeout, "http": http, "api_key": api_key,
+                 "model_roots": [p.absolute() for p in model_roots] or None}
     try:
         daemon_config = load_config(config, overrides)
     except ConfigError as exc:

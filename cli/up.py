@@ -15,9 +15,11 @@ import click
 
 from mgpud.ipc import Client, DaemonUnavailable
 from mgpud.ipc.errors import RemoteError
+from mgpud.records import ModelRecord, from_wire
 
 from .context import Settings, global_options, pass_settings
 from .exits import CliError, note
+from .lifecycle import loaded_summary
 from .params import SIZE, schema_option
 from .progress import ProgressView, follow
 
@@ -61,14 +63,25 @@ def _start_daemon(settings: Settings, devices: str) -> subprocess.Popen:
     return proc
 
 
-def _ensure_model(settings: Settings, model: str, name: str, max_model_len: int, kv_cache_memory: int) -> None:
+def _ensure_model(settings: Settings, model: str, name: str, max_model_len: int, kv_cache_memory: int,
+                  attached: bool) -> None:
+    """Load MODEL unless it is served. On a daemon that was already running, one that serves
+    any model is left as it is, and a refused load only says why: the dashboard opens anyway."""
     with settings.client() as client:
-        if any(m["name"] == name for m in client.call("models")["models"]):
-            return
-        stream = client.stream("load", model=model, name=name, tp=0, dp=0, max_model_len=max_model_len,
-                               kv_cache_memory=kv_cache_memory, wait=True)
-        result = follow(stream, ProgressView(f"loading {name}"), f"the daemon keeps loading {name}")
-    note(f"{name}: tp={result['tp']} x dp={result['dp']} on {', '.join(result['devices'])}")
+        served = [m["name"] for m in client.call("models")["models"]]
+    if name in served or (attached and served):
+        return
+    try:
+        with settings.client() as client:
+            stream = client.stream("load", model=model, name=name, tp=0, dp=0, max_model_len=max_model_len,
+                                   kv_cache_memory=kv_cache_memory, wait=True)
+            result = follow(stream, ProgressView(f"loading {name}"), f"the daemon keeps loading {name}")
+    except RemoteError as exc:
+        if not attached:
+            raise
+        note(f"not loading {name}: {exc.message}")
+        return
+    note(loaded_summary(from_wire(ModelRecord, result)))
 
 
 def _stop(settings: Settings, proc: subprocess.Popen) -> None:
@@ -96,7 +109,9 @@ def up(settings: Settings, model: str, name: str, devices: str | None, max_model
        kv_cache_memory: int) -> None:
     """Start everything and watch it: the daemon (unless one already answers), MODEL loaded
     with the shape the planner picks for this machine's devices, and the dashboard. Quitting
-    the dashboard (q) stops the daemon again if this command started it.
+    the dashboard (q) stops the daemon again if this command started it. A daemon already
+    running is attached to: MODEL is loaded only where it serves none, and the dashboard
+    opens even if that load is refused.
 
     \b
     Examples:
@@ -105,9 +120,12 @@ def up(settings: Settings, model: str, name: str, devices: str | None, max_model
     """
     from mgpud.tui.app import run
 
-    proc = None if _answers(settings) else _start_daemon(settings, devices or _default_devices())
+    attached = _answers(settings)
+    if attached:
+        note("a daemon already answers here: opening the dashboard on it")
+    proc = None if attached else _start_daemon(settings, devices or _default_devices())
     try:
-        _ensure_model(settings, model, name, max_model_len, kv_cache_memory)
+        _ensure_model(settings, model, name, max_model_len, kv_cache_memory, attached)
         code = run(runtime_dir=settings.runtime_dir)
     finally:
         if proc is not None:

@@ -87,6 +87,16 @@ async def models(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
 
 
 @handler
+async def catalog(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
+    """catalog {} -> {models: [{ref, source, path, size_bytes, architecture, fits, shape, why}],
+    roots: [dir]}: the model directories on disk that `load` could name (ref: what it takes):
+    the mgpud cache (source "mgpud": the demo), the Hugging Face hub cache ("hf", ref ORG/NAME)
+    and the model roots ("root"); fits: whether the planner finds a shape for it on every
+    device of this daemon (shape [tp, dp], why: its first reason); null when it cannot tell."""
+    return await d.models.catalog()
+
+
+@handler
 async def metrics(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
     """metrics {format="json"} -> {daemon: {summary, requests_total: {op: n}, errors_total:
     {code: n}, malformed_total, dropped_total}, models: {name: {state, tp, dp, stats}},

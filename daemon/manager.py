@@ -52,6 +52,8 @@ class Model:
     error: str | None = None
     progress: LoadProgress | None = None
     reasons: list[str] = field(default_factory=list)  # why this shape, when the planner chose it
+    auto: list[str] = field(default_factory=list)  # which of tp, dp the planner chose
+    path: str = ""  # the directory (or "demo") that spec["model"] named when it was loaded
     loaded_at: float | None = None  # time.time()
     starting: list[str] = field(default_factory=list)  # devices taken while the group loads
     running: int = 0  # generations in flight
@@ -71,12 +73,13 @@ class Model:
             tp=stats.tp if stats else self.spec["tp"], dp=stats.dp if stats else self.spec["dp"],
             devices=[d for r in stats.replicas for d in r.devices] if stats else list(self.starting),
             error=self.error, progress=self.progress if self.state in ("loading", "reconfiguring") else None,
-            reasons=self.reasons, loaded_at=self.loaded_at, stats=stats)
+            reasons=self.reasons, loaded_at=self.loaded_at, stats=stats, auto=self.auto)
 
 
 class ModelManager:
     def __init__(self, inventory: list[Device], store: StateStore, publish: Emit,
-                 engine_defaults: Callable[[], dict[str, Any]], readings: Callable[[], list[Device]]) -> None:
+                 engine_defaults: Callable[[], dict[str, Any]], readings: Callable[[], list[Device]],
+                 roots: Callable[[], list[Path]]) -> None:
         from mgpud.engine.serving.pool import DevicePool
 
         self.inventory = inventory
@@ -87,6 +90,7 @@ class ModelManager:
         self._store = store
         self._publish = publish  # lifecycle events onto the events socket
         self._engine_defaults = engine_defaults  # of the current config: SIGHUP may change them
+        self._roots = roots  # the model roots of the current config; none: any directory
         self._releaser = memory.Releaser()  # hands back what long prompts took
         self._generation_ids = itertools.count(1)
 
@@ -112,11 +116,15 @@ class ModelManager:
         spec = {k: v for k, v in args.items() if k != "wait"} | {"name": name}
         model = self.models[name] = Model(name, spec, persist)  # holds the name while planning
         try:
+            model.path = await self.locate(spec["model"])
             if not persist:  # a model of the state file fails in finish_load: it stays, as failed
-                await self._check_model(spec)
+                await self._check_model(spec, model.path)
             devices = self._devices_for(spec)
             if not (spec["tp"] and spec["dp"]):
-                spec["tp"], spec["dp"], model.reasons = await self._plan_shape(spec, devices)
+                model.auto = [k for k in ("tp", "dp") if not spec[k]]
+                spec["tp"], spec["dp"], model.reasons = await self._plan_shape(spec, model.path, devices)
+                log.info("%s: %s (%s)", name, " ".join(f"auto {k}={spec[k]}" for k in model.auto),
+                         "; ".join(model.reasons))
             self._check_count(spec, devices)
         except BaseException:
             del self.models[name]
@@ -129,7 +137,7 @@ class ModelManager:
         loop = asyncio.get_running_loop()
         progress = _ProgressRelay(model, self._publish)
         spec = model.spec
-        config = engine_config(spec, self._cpu_settings(), self._limits(spec))
+        config = engine_config(model.path, spec, self._cpu_settings(), self._limits(spec))
         try:
             group = await in_thread(lambda: _construct(
                 config, spec["dp"], self.pool, model.name, spec.get("devices"),
@@ -203,10 +211,33 @@ class ModelManager:
         ask = (reshaped.spec if reshaped else {"tp": 0, "dp": 0}) | {k: v for k, v in args.items() if v is not None}
         devices = usable_devices(self._readings(), self.pool.free, _workers(reshaped) if reshaped else {})
         try:
-            return await asyncio.to_thread(run_planner, ask["model"], devices, ask["tp"], ask["dp"],
+            path = reshaped.path if reshaped else await self.locate(ask["model"])
+            return await asyncio.to_thread(run_planner, path, devices, ask["tp"], ask["dp"],
                                            self._limits(ask), args["concurrency"])
         except EngineError as exc:
             raise MgpudError(codes.BAD_REQUEST, str(exc)) from None
+
+    async def catalog(self) -> dict[str, Any]:
+        """The models on disk, as the `catalog` operation describes them."""
+        from mgpud.engine.store.locate import all_roots, on_disk
+
+        roots = self._roots()
+        found = await asyncio.to_thread(on_disk, roots)
+        verdicts = await asyncio.gather(*(self._fits(str(f.path) if f.source != "mgpud" else f.ref) for f in found))
+        models = [{"ref": f.ref, "source": f.source, "path": str(f.path), "size_bytes": f.size_bytes,
+                   "architecture": f.architecture, **verdict} for f, verdict in zip(found, verdicts, strict=True)]
+        return {"models": models, "roots": [str(r) for r in all_roots(roots)] if roots else []}
+
+    async def _fits(self, path: str) -> dict[str, Any]:
+        """Whether the planner finds a shape for `path` on all of this daemon's devices."""
+        from mgpud.engine.exceptions import EngineError
+
+        try:
+            plan = await asyncio.to_thread(run_planner, path, self._readings(), 0, 0, self._limits({}))
+        except EngineError as exc:
+            return {"fits": None, "shape": None, "why": str(exc)}
+        return {"fits": plan.chosen is not None, "shape": list(plan.chosen) if plan.chosen else None,
+                "why": plan.reasons[0] if plan.reasons else ""}
 
     async def restore(self, specs: list[dict[str, Any]], persist: bool) -> None:
         """Load, one after the other, models from the state file or the config."""
@@ -351,22 +382,33 @@ class ModelManager:
             raise MgpudError(codes.BUSY, f"{shape}; {len(devices)} of {len(self.inventory)} are free "
                              f"({', '.join(d.id for d in devices) or 'none'}): unload a model or use a smaller shape")
 
-    async def _check_model(self, spec: dict[str, Any]) -> None:
+    async def locate(self, ref: str) -> str:
+        """The directory (or "demo") that a load's `model` names: a path within the model
+        roots, or a Hugging Face id found in the local hub cache."""
+        from mgpud.engine.exceptions import EngineError
+        from mgpud.engine.store.locate import locate
+
+        try:
+            return await asyncio.to_thread(locate, ref, self._roots())
+        except EngineError as exc:
+            raise MgpudError(codes.LOAD_FAILED, str(exc)) from None
+
+    async def _check_model(self, spec: dict[str, Any], path: str) -> None:
         """What the model alone rules out, before the devices are counted."""
         from mgpud.engine.exceptions import EngineError
 
         try:
-            await asyncio.to_thread(check_model, spec["model"], spec["tp"])
+            await asyncio.to_thread(check_model, path, spec["tp"])
         except EngineError as exc:
             raise MgpudError(codes.LOAD_FAILED, f"loading {spec['name']}: {exc}") from None
 
-    async def _plan_shape(self, spec: dict[str, Any], devices: list[Device]) -> tuple[int, int, list[str]]:
+    async def _plan_shape(self, spec: dict[str, Any], path: str, devices: list[Device]) -> tuple[int, int, list[str]]:
         """The planner's (tp, dp) for this model on `devices` where the load left one at 0."""
         from mgpud.engine.exceptions import EngineError
 
         usable = usable_devices(self._readings(), {d.id for d in devices}, {})
         try:
-            plan = await asyncio.to_thread(run_planner, spec["model"], usable, spec["tp"], spec["dp"],
+            plan = await asyncio.to_thread(run_planner, path, usable, spec["tp"], spec["dp"],
                                            self._limits(spec))
         except EngineError as exc:
             raise MgpudError(codes.LOAD_FAILED, f"planning {spec['model']}: {exc}") from None
@@ -437,10 +479,11 @@ def _workers(model: Model) -> dict[str, set[int]]:
     return {device: pids for r in replicas for device in r.devices}
 
 
-def engine_config(spec: dict[str, Any], device_settings: dict[str, Any], limits: dict[str, Any]) -> dict[str, Any]:
-    """The EngineConfig arguments of a checked load `spec`: its model and TP degree, the
-    devices' settings, the engine limits, and the eager flag."""
-    return {"model": spec["model"], "tp": spec["tp"], **device_settings, **limits,
+def engine_config(path: str, spec: dict[str, Any], device_settings: dict[str, Any], limits: dict[str, Any]
+                  ) -> dict[str, Any]:
+    """The EngineConfig arguments of a checked load `spec` of the model directory `path`: its
+    TP degree, the devices' settings, the engine limits, and the eager flag."""
+    return {"model": path, "tp": spec["tp"], **device_settings, **limits,
             "enforce_eager": spec["enforce_eager"]}
 
 

@@ -10,6 +10,7 @@ shutdown_timeout = 30               # seconds in-flight generations get on SIGTE
 telemetry_interval = 0.5            # seconds between telemetry messages
 http = "127.0.0.1:8000"             # the OpenAI-compatible HTTP API; "off" disables it
 api_key = "..."                     # HTTP clients must send it as a Bearer token; or $MGPUD_API_KEY
+model_roots = ["/srv/models"]       # loads only from these (and the demo and Hugging Face caches)
 
 [engine]                            # defaults for every load (the load operation's names)
 memory_utilization = 0.9
@@ -57,6 +58,7 @@ class DaemonConfig:
     telemetry_interval: float = 0.5  # seconds
     http: tuple[str, int] | None = DEFAULT_HTTP  # (host, port) of the HTTP API; None: off
     api_key: str | None = None  # what HTTP clients must send as a Bearer token
+    model_roots: list[Path] = field(default_factory=list)  # none: any directory may be loaded
     engine: dict[str, Any] = field(default_factory=dict)
     models: list[dict[str, Any]] = field(default_factory=list)
     # Where it came from, so that SIGHUP can read it again with the same flags on top.
@@ -133,6 +135,8 @@ def _convert(key: str, value: Any) -> Any:
         return Path(str(value))
     if key == "devices":
         return str(value)
+    if key == "model_roots":
+        return _roots(value)
     if key == "http":
         return parse_listen(str(value))
     if key == "api_key":
@@ -146,6 +150,16 @@ def _convert(key: str, value: Any) -> Any:
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return str(value).lower()
     return _positive(float(value))  # shutdown_timeout, telemetry_interval
+
+
+def _roots(value: Any) -> list[Path]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str | Path) for v in value):
+        raise ValueError("must be a list of directories, e.g. [\"/srv/models\"]")
+    roots = [Path(v).expanduser() for v in value]
+    relative = [str(r) for r in roots if not r.is_absolute()]
+    if relative:
+        raise ValueError(f"{', '.join(relative)}: must be absolute paths")
+    return roots
 
 
 def _positive(value: float) -> Any:

@@ -124,6 +124,7 @@ OPS: dict[str, Op] = {
     "status": Op("Daemon state, uptime, sockets, a summary of devices and models."),
     "devices": Op("Every device with its memory breakdown and the model holding it."),
     "models": Op("Every model with its shape, state and figures."),
+    "catalog": Op("The models on disk a load could name, with size, architecture and whether one fits here."),
     "metrics": Op(
         "Counters and gauges of the daemon and of each model.",
         {"format": Arg("str", default="json", choices=("json", "prometheus"),
@@ -132,7 +133,8 @@ OPS: dict[str, Op] = {
     "load": Op(
         "Load a model; streams progress frames unless wait is false.",
         {
-            "model": Arg("str", required=True, help="a Hugging Face model directory, or 'demo'"),
+            "model": Arg("str", required=True,
+                         help="a model directory, a Hugging Face id in the local hub cache, or 'demo'"),
             "name": Arg("name", help="the name to serve it under; default: the directory's name"),
             "tp": Arg("int", default=0, low=0, high=1024, help="tensor-parallel degree; 0 = automatic"),
             "dp": Arg("int", default=0, low=0, high=1024, help="data-parallel replicas; 0 = automatic"),

@@ -125,7 +125,7 @@ class ModelRecord:
     """A model on the daemon, as the `models` operation describes it."""
 
     name: str
-    model: str  # what it was loaded from: a directory, or "demo"
+    model: str  # what it was loaded from: a directory, a Hugging Face id, or "demo"
     state: str  # loading, ready, degraded, failed, reconfiguring, unloading
     tp: int
     dp: int
@@ -135,6 +135,7 @@ class ModelRecord:
     reasons: list[str] = field(default_factory=list)  # why this shape, when the planner chose it
     loaded_at: float | None = None  # time.time()
     stats: ModelFigures | None = None  # once the engine group exists
+    auto: list[str] = field(default_factory=list)  # which of "tp", "dp" the planner chose (the load gave 0)
 
 
 @dataclass

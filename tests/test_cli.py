@@ -7,6 +7,7 @@ one shuts the daemon down.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -32,12 +33,12 @@ LONG = 8192  # positions of the test model: room for a generation that outlasts 
 
 
 class Daemon:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *flags: str) -> None:
         self.runtime_dir = root / "run"
         self.log = root / "daemon.log"
         cmd = [sys.executable, "-m", "mgpud.cli", "serve", "--runtime-dir", str(self.runtime_dir),
                "--state-dir", str(root / "state"), "--devices", "cpu:2", "--device-memory", "1GiB",
-               "--log-level", "debug", "--http", "off"]
+               "--log-level", "debug", "--http", "off", *flags]
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
@@ -64,10 +65,10 @@ class Daemon:
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.fixture(scope="module")
-def daemon() -> Iterator[Daemon]:
-    root = Path(tempfile.mkdtemp(prefix="mgpud-cli-"))  # short: a socket path holds 107 bytes
-    d = Daemon(root)
+@contextlib.contextmanager
+def serving(root: Path, *flags: str) -> Iterator[Daemon]:
+    """A daemon in `root` (with `flags` for `serve`), answering; killed at the end if still up."""
+    d = Daemon(root, *flags)
     try:
         d.wait_answering()
         yield d
@@ -75,6 +76,15 @@ def daemon() -> Iterator[Daemon]:
         if d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[Daemon]:
+    root = Path(tempfile.mkdtemp(prefix="mgpud-cli-"))  # short: a socket path holds 107 bytes
+    try:
+        with serving(root) as d:
+            yield d
+    finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -182,13 +192,14 @@ def test_load_human_shows_progress_then_shape_and_kv(daemon: Daemon, served: dic
     extra.append("second")
     result = daemon.cli(*load_args(model_dir, "second", "--max-model-len", "1024"))
     assert result.exit_code == 0, result.output
-    first, replica, *reasons = result.stdout.splitlines()
+    first, replica, auto, *reasons = result.stdout.splitlines()
     assert re.fullmatch(r"second ready in [\d.]+ s: tp=1 x dp=1 on cpu:1, max_model_len 1,024", first)
     # 8 MiB / (2 layers x K,V x 2 heads x 16 x 4 bytes) = 16,384 tokens in blocks of 16
     assert re.fullmatch(r"  replica 0 on cpu:1: weights [\d.]+ KiB per rank, KV cache 8.0 MiB per rank = "
                         r"(1,024 blocks|16,384 tokens, 16 sequences of 1,024)", replica)
     assert "loading second: load" in result.stderr  # one line per phase away from a terminal
     assert "loading second: ready" in result.stderr
+    assert auto == "  auto tp=1, auto dp=1"  # the planner chose both, and says why below
     assert reasons[0] == "  why this shape:"
 
     unloaded = daemon.cli("unload", "second")

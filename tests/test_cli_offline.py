@@ -14,7 +14,7 @@ from checkpoints import make_tiny_checkpoint
 from mgpud.cli.main import cli
 
 COMMANDS = ("serve", "status", "devices", "gpus", "ps", "load", "unload", "scale", "generate", "cancel", "chat",
-            "plan", "top", "metrics", "shutdown", "version", "completion")
+            "run", "plan", "top", "metrics", "shutdown", "version", "completion")
 
 
 def run(*args: str) -> Result:

@@ -74,6 +74,16 @@ def test_missing_config_file(tmp_path: Path) -> None:
 def test_example_config_loads() -> None:
     cfg = load_config(ROOT / "systemd" / "mgpud.toml")
     assert cfg.models == [] and cfg.engine == {}
+    assert cfg.model_roots == [Path("/srv/models")]
+
+
+def test_model_roots_are_absolute_directories(tmp_path: Path) -> None:
+    assert load_config(None, {"model_roots": ["/a", "/b"]}).model_roots == [Path("/a"), Path("/b")]
+    assert load_config(None, {}).model_roots == []
+    with pytest.raises(ConfigError, match="model_roots: models: must be absolute"):
+        load_config(None, {"model_roots": ["models"]})
+    with pytest.raises(ConfigError, match="model_roots: must be a list"):
+        load_config(None, {"model_roots": "/srv/models"})
 
 
 def test_state_dir_resolution(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -203,7 +203,10 @@ def test_to_dict_is_json():
 
 @pytest.mark.parametrize("spec, count, name", [
     ("8xH100-80GB", 8, "H100-80GB"), ("4xA100-40GB", 4, "A100-40GB"), ("2 x a100-80gb", 2, "A100-80GB"),
-    ("H100-PCIe", 1, "H100-PCIe"),
+    ("H100-PCIe", 1, "H100-PCIe"), ("8xH200-141GB", 8, "H200-141GB"), ("8xB200-180GB", 8, "B200-180GB"),
+    ("4xL40S-48GB", 4, "L40S-48GB"), ("4xA10G-24GB", 4, "A10G-24GB"), ("2xL4-24GB", 2, "L4-24GB"),
+    ("2xRTX-4090-24GB", 2, "RTX-4090-24GB"), ("RTX-6000-Ada-48GB", 1, "RTX-6000-Ada-48GB"),
+    ("8xMI300X-192GB", 8, "MI300X-192GB"),
 ])
 def test_describe_gpus(spec, count, name):
     pool = describe(spec)
@@ -211,7 +214,31 @@ def test_describe_gpus(spec, count, name):
     assert pool.memory == HARDWARE[name].memory
 
 
-@pytest.mark.parametrize("spec", ["auto", "0,1", "9xB200", "cpu:0", "0xH100-80GB"])
+@pytest.mark.parametrize("nvml, name", [("NVIDIA H200", "H200-141GB"), ("NVIDIA L40S", "L40S-48GB"),
+                                        ("NVIDIA L4", "L4-24GB"), ("NVIDIA GeForce RTX 4090", "RTX-4090-24GB"),
+                                        ("NVIDIA A10G", "A10G-24GB"), ("NVIDIA B200", "B200-180GB")])
+def test_gpus_found_by_their_driver_names(nvml, name):
+    assert hardware.hardware_for_gpu(nvml) is HARDWARE[name]
+
+
+def test_a_faster_device_plans_faster_and_a_larger_one_fits_more():
+    small, large = (plan("Llama-3.1-8B", f"1x{name}", dtype="bf16", max_model_len=4096)
+                    for name in ("L4-24GB", "H200-141GB"))
+    assert small.chosen == large.chosen == (1, 1)
+    speed = {p.devices: p.shapes[0].tokens_per_s for p in (small, large)}
+    assert speed["1x H200-141GB"] > 5 * speed["1x L4-24GB"]  # 4.8 TB/s against 300 GB/s of memory bandwidth
+    assert large.shapes[0].kv_tokens > 10 * small.shapes[0].kv_tokens
+
+
+def test_a_device_named_by_its_memory_alone():
+    pool = describe("4x48GB")
+    assert (pool.count, pool.memory, pool.hardware, pool.label) == (4, 48 * 10**9, None, "4x 48GB")
+    assert "no throughput estimate" in pool.notes[0]
+    p = plan("Llama-3.1-8B", "2x24GiB", dtype="bf16", max_model_len=4096)
+    assert p.chosen is not None and all(s.tokens_per_s is None for s in p.shapes)
+
+
+@pytest.mark.parametrize("spec", ["auto", "0,1", "9xB200", "cpu:0", "0xH100-80GB", "4x48", "0x48GB"])
 def test_describe_rejects_what_is_no_description(spec):
     assert describe(spec) is None
 
@@ -261,10 +288,10 @@ def test_discovered_gpus(monkeypatch):
     assert p.budget == int(81559 * MiB * 0.9) - 60 * GiB - 1 * GiB  # GPU-2's other processes count
     assert any("cuda:2 left out" in n and "GPU is lost" in n for n in p.notes)
     assert p.chosen_shape.tokens_per_s > 0
-    gpus[:] = [FakeGpu(name="NVIDIA L4", total=23034 * MiB)]
+    gpus[:] = [FakeGpu(name="NVIDIA RTX A5000", total=24564 * MiB)]  # a GPU the table lacks
     unknown = plan("Mistral-7B", "0", max_model_len=4096, concurrency=1)
     assert unknown.chosen == (1, 1) and unknown.chosen_shape.tokens_per_s is None
-    assert unknown.knee_tp is None and any("no figures for NVIDIA L4" in n for n in unknown.notes)
+    assert unknown.knee_tp is None and any("no figures for NVIDIA RTX A5000" in n for n in unknown.notes)
 
 
 def test_no_usable_device(monkeypatch):

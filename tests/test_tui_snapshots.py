@@ -21,14 +21,14 @@ import pytest
 from rich.text import Text
 from textual.app import App
 from textual.widget import Widget
-from textual.widgets import Button, Checkbox, DataTable, Input, Label, RichLog, Sparkline, Static
+from textual.widgets import Button, Checkbox, DataTable, Input, Label, RichLog, Static
 
 from mgpud.records import (DaemonSummary, Device, LoadProgress, MemorySplit, ModelFigures, ModelRecord,
                            ReplicaFigures, to_wire)
 from mgpud.tui.app import MgpudTop
 from mgpud.tui.modals import HelpScreen, LoadModal, ScaleModal, UnloadModal
 from mgpud.tui.prompt import PromptScreen
-from mgpud.tui.widgets import ModelsTable
+from mgpud.tui.widgets import Chart, ModelsTable
 from waiting import until
 
 GiB = 1 << 30
@@ -150,9 +150,10 @@ def bar(*cells: int) -> str:
     return "".join(glyph * n for glyph, n in zip(GLYPHS, cells, strict=True))
 
 
-# Layout by width: 80 columns compact, 120 normal, 200 wide.
+# Layout by width: 80 columns compact, 120 and 160 normal (a table inside its border is under 160), 200 wide.
+LAYOUTS = {80: 80, 120: 120, 160: 120, 200: 200}
 DEVICE_COLUMNS = {
-    80: ["DEVICE", "MEMORY", "WEIGHTS", "KV USE/RES", "FREE", "HELD BY"],
+    80: ["DEVICE", "MEMORY", "KV USE/RES", "FREE", "UTIL", "TEMP", "HELD BY"],  # UTIL, TEMP kept; the bar has weights
     120: ["DEVICE", "MEMORY", "WEIGHTS", "KV USE/RES", "ACT", "OTHER", "FREE", "UTIL", "TEMP", "HELD BY"],
     200: ["DEVICE", "NAME", "MEMORY", "WEIGHTS", "KV USE/RES", "ACT", "OTHER", "FREE", "TOTAL", "UTIL", "TEMP",
           "POWER", "HELD BY"],
@@ -195,7 +196,7 @@ MODELS = {  # the last telemetry: 110 tok/s, TTFT p95 124 ms; replica rows under
               "TOK/S": "66.0", "TTFT p50/p95 ms": "46/91", "MAX LEN": "", "PIDS": "", "ERROR": ""},
     " └ r1": {"MODEL": " └ r1", "TPxDP": "1x1", "DEVICES": "cpu:1", "STATE": "ready", "RUN/WAIT": "2/0",
               "TOK/S": "44.0", "TTFT p50/p95 ms": "36/71", "MAX LEN": "", "PIDS": ""},
-    "tiny": {"MODEL": "tiny", "TPxDP": "1x1", "DEVICES": "cpu:2", "STATE": "loading 45%", "RUN/WAIT": "–/–",
+    "tiny": {"MODEL": "tiny", "TPxDP": "1x1", "DEVICES": "cpu:2", "STATE": "load 45%", "RUN/WAIT": "–/–",
              "TOK/S": "–", "TTFT p50/p95 ms": "–/–", "MAX LEN": "–", "PIDS": "", "ERROR": ""},
 }
 
@@ -208,11 +209,13 @@ EVENTS = [
     "08:00:04 smol replica 1: restarted",
     "08:00:05 tiny: loading, tp 1 x dp 1 on cpu:2",
 ]
-# Throughput per model: the figures now, and the history of the twelve readings (tiny,
-# loading, has no figures yet: unknown now, zeros in the history).
+# Throughput per model: the figures now with each chart's scale (a round number above the
+# window's peak), and the history of the twelve readings (tiny, loading, has no figures
+# yet: unknown now, zeros in the history, an empty chart on the smallest scale).
 THROUGHPUT = {
-    "smol": ("110.0 tok/s", "p95 124 ms", [10.0 * i for i in range(12)], [80.0 + 4 * i for i in range(12)]),
-    "tiny": ("– tok/s", "p95 – ms", [0.0] * 12, [0.0] * 12),
+    "smol": ("110.0 tok/s scale 0–200", "p95 124 ms scale 0–200", [10.0 * i for i in range(12)],
+             [80.0 + 4 * i for i in range(12)]),
+    "tiny": ("– tok/s scale 0–1", "p95 – ms scale 0–1", [0.0] * 12, [0.0] * 12),
 }
 
 
@@ -286,9 +289,14 @@ def check_main_screen(app: App[None], width: int) -> None:
     for row in throughput.query(".throughput-row"):
         on_screen(app, row, inside=throughput)
         rate, ttft = (words(row.query_one(f"Label.{c}", Label).render()) for c in ("tps", "ttft"))
-        history = [list(row.query_one(f"Sparkline.{c}", Sparkline).data)[-12:] for c in ("tps", "ttft")]
-        shown[str(row.query_one("Label.name", Label).render())] = (rate, ttft, *history)
+        charts = [row.query_one(f"Chart.{c}", Chart) for c in ("tps", "ttft")]
+        shown[str(row.query_one("Label.name", Label).render())] = (rate, ttft, *(c.values[-12:] for c in charts))
+        if str(row.query_one("Label.name", Label).render()) == "tiny":  # idle: an empty chart, not blocks
+            assert all(not str(c.render()).strip() for c in charts)
     assert shown == THROUGHPUT
+    # The charts take the panel's height: no empty rows under them.
+    rows = list(throughput.query(".throughput-row"))
+    assert rows[-1].region.bottom >= throughput.content_region.bottom - 1
 
     log = main.query_one("#events", RichLog)
     on_screen(app, log)
@@ -359,9 +367,9 @@ def show(size: tuple[int, int], check: Any, keys: tuple[str, ...] = (), screen: 
     asyncio.run(go())
 
 
-@pytest.mark.parametrize("size", [(80, 24), (120, 40), (200, 50)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("size", [(80, 24), (120, 40), (160, 45), (200, 50)], ids=lambda s: f"{s[0]}x{s[1]}")
 def test_main_screen(size: tuple[int, int]) -> None:
-    show(size, lambda app: check_main_screen(app, size[0]))
+    show(size, lambda app: check_main_screen(app, LAYOUTS[size[0]]))
 
 
 def test_main_screen_without_colour(monkeypatch: pytest.MonkeyPatch) -> None:

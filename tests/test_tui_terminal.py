@@ -1,4 +1,4 @@
-"""The dashboard in a real terminal: tmux at 120x40 against a running daemon."""
+"""The dashboard in a real terminal: tmux at 120x40 (and 80x24) against a running daemon."""
 
 from __future__ import annotations
 
@@ -71,6 +71,13 @@ def test_dashboard_in_tmux(daemon: DaemonProcess, tmux: Tmux) -> None:  # noqa: 
     with daemon.client() as client:
         client.call("generate", model="tiny", prompt="The daemon serves", max_tokens=32, ignore_eos=True)
     tmux.until(lambda s: tokens_per_s(s) > 0, "tokens/s to rise")
+
+    # At 80x24 what an nvitop user looks at first stays: utilization and temperature.
+    tmux("resize-window", "-t", "top", "-x", "80", "-y", "24")
+    small = tmux.until(lambda s: re.search(r"UTIL\s+TEMP\s+HELD BY", s) and len(s.splitlines()) <= 24,
+                       "UTIL and TEMP at 80x24")
+    assert "tiny r0 rank0" in small and max(map(len, small.splitlines())) <= 80
+    tmux("resize-window", "-t", "top", "-x", "120", "-y", "40")
 
     tmux("send-keys", "-t", "top", "q")
     after = tmux.until(lambda s: "EXITED" in s, "the dashboard to quit")

@@ -6,6 +6,7 @@ reads on a monochrome terminal or with NO_COLOR set.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -133,6 +134,38 @@ STATE_STYLES = {
 }
 
 
-def state(name: str, progress: float | None = None) -> Text:
-    text = name if progress is None else f"{name} {progress:.0%}"
-    return Text(text, style=STATE_STYLES.get(name, ""))
+def state(name: str, detail: str | None = None) -> Text:
+    """A state in its colour; `detail` (a loading model's phase) shown in its place."""
+    return Text(detail or name, style=STATE_STYLES.get(name, ""))
+
+
+EIGHTHS = " ▁▂▃▄▅▆▇█"  # a cell filled from the bottom by 0..8 eighths
+
+
+def chart(values: list[float], width: int, height: int, top: float) -> list[str]:
+    """`values` (oldest first) as `height` lines of `width` columns, top line first, on a
+    fixed scale from 0 at the bottom to `top`: a column is the highest value of its share
+    of the samples, the newest at the right. Zero (idle) draws nothing, so that an idle
+    model is an empty chart rather than a wall of blocks; any value above zero shows."""
+    if width <= 0 or height <= 0:
+        return []
+    columns = [max(chunk) if chunk else 0.0 for chunk in _buckets(values, width)]
+    levels = [0 if v <= 0 or top <= 0 else max(1, min(8 * height, round(8 * height * v / top))) for v in columns]
+    return ["".join(EIGHTHS[min(8, max(0, level - 8 * row))] for level in levels) for row in reversed(range(height))]
+
+
+def _buckets(values: list[float], width: int) -> list[list[float]]:
+    """`values` split into `width` consecutive runs, right-aligned: with fewer values than
+    columns the chart starts empty on the left."""
+    if len(values) <= width:
+        return [[]] * (width - len(values)) + [[v] for v in values]
+    edges = [round(i * len(values) / width) for i in range(width + 1)]
+    return [values[a:b] for a, b in zip(edges, edges[1:], strict=False)]
+
+
+def nice_top(peak: float) -> float:
+    """A round scale just above `peak` (1, 2, 5 x 10^n), so the axis reads at a glance."""
+    if peak <= 0:
+        return 1.0
+    step = 10 ** math.floor(math.log10(peak))
+    return next(m * step for m in (1, 2, 5, 10) if m * step >= peak)

@@ -55,6 +55,15 @@ def load_fraction(m: ModelRecord) -> float | None:
     return min(1.0, p.bytes_done / p.bytes_total)
 
 
+def load_phase(m: ModelRecord) -> str | None:
+    """Where a loading model is: its phase and, while weights are read, the percent done
+    ("load 45%", "profile"); None when it is not loading or has said nothing yet."""
+    if m.state != "loading" or m.progress is None:
+        return None
+    fraction = load_fraction(m)
+    return m.progress.phase if fraction is None else f"{m.progress.phase} {fraction:.0%}"
+
+
 def pids(m: ModelRecord) -> tuple[int, ...]:
     """The model's worker processes, replica by replica."""
     return tuple(pid for r in (m.stats.replicas if m.stats else ()) for pid in r.pids)

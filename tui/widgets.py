@@ -11,12 +11,12 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
-from textual.widgets import DataTable, Label, RichLog, Sparkline, Static
+from textual.widgets import DataTable, Label, RichLog, Static
 
 from mgpud.records import DaemonSummary, Device, ModelRecord
 
 from . import render
-from .state import HISTORY_SAMPLES, Figures, Series, Snapshot, load_fraction, pids, tokens_per_s, ttft_p95_ms
+from .state import HISTORY_SAMPLES, Figures, Series, Snapshot, load_phase, pids, tokens_per_s, ttft_p95_ms
 
 COMPACT, NORMAL, WIDE = "compact", "normal", "wide"
 S = TypeVar("S")  # what a table row is drawn from
@@ -54,6 +54,15 @@ class Banner(Static):
     def say(self, text: str | None) -> None:
         self.set_class(bool(text), "-shown")
         self.update(text or "")
+
+
+class Advice(Static):
+    """The scaling advisor's sentences (tui/advice.py), each with its command; hidden when
+    there is nothing to advise."""
+
+    def say(self, lines: list[str]) -> None:
+        self.set_class(bool(lines), "-shown")
+        self.update(Text("\n".join(f"▲ {line}" for line in lines)))
 
 
 ALL = (COMPACT, NORMAL, WIDE)
@@ -119,14 +128,15 @@ class DevicesTable(_Panel[Device]):
         ("DEVICE", ALL, lambda d, mode: d.id),
         ("NAME", (WIDE,), lambda d, mode: d.name),
         ("%bar", ALL, lambda d, mode: render.memory_bar(d.memory, BAR[mode])),
-        ("WEIGHTS", ALL, _memory("weights")),
+        ("WEIGHTS", (NORMAL, WIDE), _memory("weights")),
         ("KV USE/RES", ALL, lambda d, mode: _kv(d)),
         ("ACT", (NORMAL, WIDE), _memory("activations")),
         ("OTHER", (NORMAL, WIDE), _memory("other")),
         ("FREE", ALL, _memory("free")),
         ("TOTAL", (WIDE,), lambda d, mode: render.size(d.memory_total)),
-        ("UTIL", (NORMAL, WIDE), lambda d, mode: render.percent(d.utilization)),
-        ("TEMP", (NORMAL, WIDE), lambda d, mode: render.percent(d.temperature, "C")),
+        # What an nvitop user looks at first: kept at 80 columns, where the weights go (the bar shows them).
+        ("UTIL", ALL, lambda d, mode: render.percent(d.utilization)),
+        ("TEMP", ALL, lambda d, mode: render.percent(d.temperature, "C")),
         ("POWER", (WIDE,), lambda d, mode: render.percent(d.power, "W")),
         ("HELD BY", ALL, lambda d, mode: _held_by(d)),
     )
@@ -165,7 +175,7 @@ def _lines(m: ModelRecord) -> Iterator[tuple[str, _Line]]:
     """(row key, row) for the model, then for each of its replicas when it has several."""
     stats = m.stats
     yield m.name, _Line(m.name, Text(m.name, style="bold"), f"{render.count(m.tp)}x{render.count(m.dp)}",
-                        m.devices, render.state(m.state, load_fraction(m)), stats, m.error,
+                        m.devices, render.state(m.state, load_phase(m)), stats, m.error,
                         render.count(stats.max_model_len if stats else None), pids(m))
     replicas = stats.replicas if stats else []
     if len(replicas) > 1:
@@ -232,8 +242,25 @@ class ModelsTable(_Panel[_Line]):
             self.move_cursor(row=self.get_row_index(keep), animate=False)
 
 
+class Chart(Static):
+    """A history drawn on a fixed scale from 0 (the bottom) to `top`, newest at the right."""
+
+    def __init__(self, classes: str) -> None:
+        super().__init__(classes=classes)
+        self.values: list[float] = []
+        self.top = 1.0
+
+    def plot(self, values: list[float], top: float) -> None:
+        self.values, self.top = values, top
+        self.refresh()
+
+    def render(self) -> Text:
+        return Text("\n".join(render.chart(self.values, self.size.width, self.size.height, self.top)))
+
+
 class ThroughputRow(Horizontal):
-    """One model: its tokens/s and TTFT p95 now, and their sparklines."""
+    """One model: its tokens/s and TTFT p95 now, and their charts over the window, each
+    labelled with the value now and the chart's scale (0 at the bottom to the top shown)."""
 
     def __init__(self, name: str) -> None:
         super().__init__(classes="throughput-row")
@@ -242,20 +269,18 @@ class ThroughputRow(Horizontal):
     def compose(self) -> ComposeResult:
         yield Label(self.model_name, classes="name")
         yield Label(classes="tps")
-        yield Sparkline([], classes="tps")
+        yield Chart(classes="tps")
         yield Label(classes="ttft")
-        yield Sparkline([], classes="ttft")
+        yield Chart(classes="ttft")
 
     def show(self, model: ModelRecord, series: Series) -> None:
-        self.query_one("Label.tps", Label).update(f"{render.rate(tokens_per_s(model.stats)):>5} tok/s")
-        self.query_one("Label.ttft", Label).update(f"p95 {render.millis(ttft_p95_ms(model.stats)):>4} ms")
-        self.query_one("Sparkline.tps", Sparkline).data = _padded(series.tokens_per_s)
-        self.query_one("Sparkline.ttft", Sparkline).data = _padded(series.ttft_p95_ms)
-
-
-def _padded(values: tuple[float, ...]) -> list[float]:
-    """The history, zeros before it began, so that the right edge is always now."""
-    return [0.0] * (HISTORY_SAMPLES - len(values)) + list(values)
+        figures = {"tps": (f"{render.rate(tokens_per_s(model.stats)):>5} tok/s", series.tokens_per_s),
+                   "ttft": (f"p95 {render.millis(ttft_p95_ms(model.stats)):>4} ms", series.ttft_p95_ms)}
+        for kind, (now, values) in figures.items():
+            top = render.nice_top(max(values, default=0.0))
+            self.query_one(f"Label.{kind}", Label).update(f"{now}\n{f'scale 0–{top:g}':>11}")
+            # Zeros before the history began: the chart always spans the whole window.
+            self.query_one(f"Chart.{kind}", Chart).plot([0.0] * (HISTORY_SAMPLES - len(values)) + list(values), top)
 
 
 class Throughput(Vertical):

@@ -31,15 +31,31 @@ _PCIE_LATENCY = 25e-6  # s: the same through the PCIe root complex
 
 HARDWARE: dict[str, Hardware] = {h.name: h for h in (
     Hardware("H100-80GB", 81559 * MiB, 989e12, 67e12, 3.35e12, "NVLink 4 (SXM5)", 450e9, _NVLINK_LATENCY),
-    Hardware("H200-141GB", 143771 * MiB, 989e12, 67e12, 4.8e12, "NVLink 4 (SXM5)", 450e9, _NVLINK_LATENCY),
     Hardware("H100-PCIe", 81559 * MiB, 756e12, 51e12, 2.0e12, "PCIe Gen5 x16", 64e9, _PCIE_LATENCY),
     Hardware("A100-80GB", 81920 * MiB, 312e12, 19.5e12, 2.039e12, "NVLink 3 (SXM4)", 300e9, _NVLINK_LATENCY),
     Hardware("A100-40GB", 40960 * MiB, 312e12, 19.5e12, 1.555e12, "NVLink 3 (SXM4)", 300e9, _NVLINK_LATENCY),
+    # Memory as the driver reports it (a little under the marketed size); bf16 without sparsity.
+    Hardware("H200-141GB", 143771 * MiB, 989e12, 67e12, 4.8e12, "NVLink 4 (SXM5)", 450e9, _NVLINK_LATENCY),
+    Hardware("B200-180GB", 183359 * MiB, 2.25e15, 75e12, 7.7e12, "NVLink 5 (HGX)", 900e9, _NVLINK_LATENCY),
+    Hardware("L40S-48GB", 46068 * MiB, 362e12, 91.6e12, 864e9, "PCIe Gen4 x16", 32e9, _PCIE_LATENCY),
+    Hardware("RTX-6000-Ada-48GB", 49140 * MiB, 364e12, 91.1e12, 960e9, "PCIe Gen4 x16", 32e9, _PCIE_LATENCY),
+    # A10G (AWS): NVIDIA publishes no datasheet; memory and bandwidth as AWS gives them, tensor
+    # throughput as the A10's, the same die.
+    Hardware("A10G-24GB", 23028 * MiB, 125e12, 31.2e12, 600e9, "PCIe Gen4 x16", 32e9, _PCIE_LATENCY),
+    Hardware("L4-24GB", 23034 * MiB, 121e12, 30.3e12, 300e9, "PCIe Gen4 x16", 32e9, _PCIE_LATENCY),
+    # bf16 with fp32 accumulation (what torch uses), from the Ada architecture whitepaper.
+    Hardware("RTX-4090-24GB", 24564 * MiB, 165.2e12, 82.6e12, 1.008e12, "PCIe Gen4 x16", 32e9, _PCIE_LATENCY),
+    # AMD: planned only (the engine runs on CUDA or CPU); Infinity Fabric, 7 links of 64 GB/s each way.
+    Hardware("MI300X-192GB", 192 * 1024 * MiB, 1307.4e12, 163.4e12, 5.3e12, "Infinity Fabric", 448e9,
+             _NVLINK_LATENCY),
 )}
 
 # Substrings of NVML device names -> preset; a GPU not listed gets no throughput estimate.
-_NVML_NAMES = (("H100 80GB HBM3", "H100-80GB"), ("H200", "H200-141GB"), ("H100 PCIe", "H100-PCIe"),
-               ("A100-SXM4-80GB", "A100-80GB"), ("A100-SXM4-40GB", "A100-40GB"))
+# "L40S" before "L4", which it contains.
+_NVML_NAMES = (("H100 80GB HBM3", "H100-80GB"), ("H100 PCIe", "H100-PCIe"),
+               ("A100-SXM4-80GB", "A100-80GB"), ("A100-SXM4-40GB", "A100-40GB"), ("H200", "H200-141GB"),
+               ("B200", "B200-180GB"), ("L40S", "L40S-48GB"), ("RTX 6000 Ada", "RTX-6000-Ada-48GB"),
+               ("A10G", "A10G-24GB"), ("NVIDIA L4", "L4-24GB"), ("RTX 4090", "RTX-4090-24GB"))
 
 
 def hardware_for_gpu(nvml_name: str) -> Hardware | None:

@@ -1,4 +1,4 @@
-"""The devices a plan is for: a description ("8xH100-80GB", "cpu:4") or the devices
+"""The devices a plan is for: a description ("8xH100-80GB", "4x48GB", "cpu:4") or the devices
 this host has, reduced to one `DeviceSet` of alike devices."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from ..hosts.hardware import HARDWARE, Hardware, cpu_hardware, hardware_for_gpu
 from ..hosts.inventory import Device, DeviceSpecError, cpu_device_memory, discover
+from mgpud.units import parse_size
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,27 @@ def describe(spec: str, device_memory: int | None = None) -> DeviceSet | None:
     if match is None:
         return None
     count, model = int(match.group(1) or 1), match.group(2).lower()
-    hardware = next((h for name, h in HARDWARE.items() if name.lower() == model), None)
-    if hardware is None or count < 1:
+    if count < 1:
         return None
-    return DeviceSet(f"{count}x {hardware.name}", "cuda", count, hardware.memory, hardware)
+    hardware = next((h for name, h in HARDWARE.items() if name.lower() == model), None)
+    if hardware is not None:
+        return DeviceSet(f"{count}x {hardware.name}", "cuda", count, hardware.memory, hardware)
+    memory = _custom_memory(model)
+    if memory is None:
+        return None
+    return DeviceSet(f"{count}x {match.group(2)}", "cuda", count, memory, None,
+                     notes=(f"{match.group(2)}: a device by its memory alone, no throughput estimate "
+                            f"(known devices: {', '.join(HARDWARE)})",))
+
+
+def _custom_memory(text: str) -> int | None:
+    """Bytes of a device named by its memory ("48GB", "24GiB"), else None."""
+    if not re.fullmatch(r"[\d.]+\s*[kmgt]i?b", text, re.IGNORECASE):
+        return None
+    try:
+        return parse_size(text)
+    except ValueError:
+        return None
 
 
 def cpu_device_set(count: int, device_memory: int | None = None) -> DeviceSet:
@@ -58,7 +76,7 @@ def device_set(spec: str | None, device_memory: int | None = None) -> DeviceSet:
         found = discover(spec, device_memory)
     except DeviceSpecError:
         raise DeviceSpecError(f"devices {spec!r}: neither discoverable (auto, cpu:N, 0,1) nor a "
-                              f"description such as 8xH100-80GB (known: {', '.join(HARDWARE)})") from None
+                              f"description such as 8xH100-80GB or 4x48GB (known: {', '.join(HARDWARE)})") from None
     return device_set_of(found)
 
 

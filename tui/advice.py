@@ -1,0 +1,80 @@
+"""The scaling advisor: from the figures the dashboard already keeps, when to change a
+model's shape or the hardware, and the command that does it. Pure functions of a model,
+its history and the devices, so that synthetic series test every rule."""
+
+from __future__ import annotations
+
+from statistics import fmean
+
+from mgpud.records import Device, ModelRecord
+
+from .state import Series
+
+WINDOW = 240  # samples compared (telemetry comes twice a second): the last two minutes
+RISE = 1.5  # TTFT p95 counts as rising at this many times its level of the window's first half
+FLAT = 0.15  # tokens/s counts as flat within this share of its earlier level
+SPARE = 0.2  # memory counts as headroom at this share of a device free
+KV_SHORT = 0.1  # KV headroom below this, with requests waiting, is too little room
+
+
+def advise(model: ModelRecord, series: Series, devices: tuple[Device, ...]) -> list[str]:
+    """What to do about `model` now, one sentence per rule that holds, each ending with the
+    `mgpud scale` command to run where one would help."""
+    return [text for rule in (_upgrade, _kv_room, _idle_replica) if (text := rule(model, series, devices))]
+
+
+def _upgrade(model: ModelRecord, series: Series, devices: tuple[Device, ...]) -> str | None:
+    """TTFT p95 rising while tokens/s stays flat with memory to spare: more requests than the
+    compute serves, and memory is not what limits: more replicas, or faster devices."""
+    if len(series.ttft_p95_ms) < WINDOW or model.state != "ready":
+        return None
+    ttft_before, ttft_now = _halves(series.ttft_p95_ms)
+    tps_before, tps_now = _halves(series.tokens_per_s)
+    rising = ttft_before > 0 and ttft_now >= RISE * ttft_before
+    flat = tps_before > 0 and abs(tps_now - tps_before) <= FLAT * tps_before
+    if not (rising and flat and _memory_spare(model, devices)):
+        return None
+    head = (f"{model.name}: TTFT p95 rose {ttft_now / ttft_before:.1f}x in {WINDOW // 120} min while tokens/s "
+            f"stayed at ~{tps_now:.0f} with memory to spare: compute-bound, time to upgrade")
+    free = sum(1 for d in devices if d.model is None and d.available)
+    if free >= model.tp:
+        return f"{head}: add a replica: mgpud scale {model.name} --dp {model.dp + 1}"
+    return f"{head}: more or faster devices (none is free for another replica)"
+
+
+def _kv_room(model: ModelRecord, series: Series, devices: tuple[Device, ...]) -> str | None:
+    """The KV cache nearly full while requests wait: they wait for room, not for compute."""
+    stats = model.stats
+    if stats is None or stats.kv_headroom is None or stats.kv_headroom >= KV_SHORT or not stats.waiting:
+        return None
+    return (f"{model.name}: KV cache {1 - stats.kv_headroom:.0%} full with {stats.waiting} waiting: give it more "
+            f"KV room: mgpud scale {model.name} --tp {2 * model.tp} (or a shorter max_model_len)")
+
+
+def _idle_replica(model: ModelRecord, series: Series, devices: tuple[Device, ...]) -> str | None:
+    """A replica with nothing to do while another queues: the routing or the shape is off."""
+    replicas = model.stats.replicas if model.stats else []
+    idle = [r for r in replicas if r.state == "ready" and not r.running and not r.waiting]
+    queued = [r for r in replicas if r.waiting]
+    if not (idle and queued):
+        return None
+    return (f"{model.name}: replica {idle[0].index} idle while replica {queued[0].index} queues "
+            f"{queued[0].waiting}: check the routing, or fewer wider replicas: "
+            f"mgpud scale {model.name} --tp {2 * model.tp} --dp {max(1, model.dp // 2)}")
+
+
+def _halves(values: tuple[float, ...]) -> tuple[float, float]:
+    """The mean of the window's first half and of its second."""
+    window = values[-WINDOW:]
+    return fmean(window[:WINDOW // 2]), fmean(window[WINDOW // 2:])
+
+
+def _memory_spare(model: ModelRecord, devices: tuple[Device, ...]) -> bool:
+    """Whether the model's devices (or free ones) have at least SPARE of their memory free."""
+    mine = [d for d in devices if d.id in model.devices or d.model is None]
+    return any(d.memory_total and (free := _free(d)) is not None and free >= SPARE * d.memory_total for d in mine)
+
+
+def _free(d: Device) -> int | None:
+    """Free bytes: the daemon's split of the device where it has one, else the reading."""
+    return d.memory.free if d.memory is not None else d.memory_free
