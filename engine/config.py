@@ -14,7 +14,10 @@ from .exceptions import ModelLoadError
 from .jsonfile import read_json
 from .hosts.cpu_features import default_dtype
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+                           "MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM", "OlmoeForCausalLM")
+# Architectures whose checkpoints carry q/k biases unless their config says otherwise.
+_QKV_BIAS_ARCHITECTURES = ("Qwen2ForCausalLM", "Qwen2MoeForCausalLM")
 
 _DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float": "float32",
                 "bfloat16": "bfloat16", "bf16": "bfloat16",
@@ -47,6 +50,12 @@ class ModelConfig:
     sliding_window: int | None = None  # Mistral v0.1: attention span limit
     num_experts: int = 0  # MoE models; 0 = dense
     experts_per_token: int = 0
+    moe_intermediate_size: int = 0  # one routed expert's intermediate width
+    shared_expert_intermediate_size: int = 0  # Qwen2-MoE's always-on expert; 0 = none
+    norm_topk_prob: bool = False  # renormalise the chosen experts' weights to sum to 1
+    decoder_sparse_step: int = 1  # layer i is MoE when (i + 1) % step == 0 ...
+    mlp_only_layers: tuple[int, ...] = ()  # ... and i is not listed here
+    clip_qkv: float | None = None  # OLMoE's optional q/k/v clamp (not supported)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ModelConfig:
@@ -70,11 +79,18 @@ class ModelConfig:
             rope_theta=float(theta),
             rope_scaling=dict(scaling) if scaling else None,
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-            qkv_bias=arch == "Qwen2ForCausalLM" or bool(raw.get("attention_bias", False)),
+            qkv_bias=bool(raw.get("qkv_bias", arch in _QKV_BIAS_ARCHITECTURES) or raw.get("attention_bias", False)),
             dtype=_DTYPE_NAMES.get(str(raw.get("dtype") or raw.get("torch_dtype") or "float32"), "float32"),
             sliding_window=_sliding_window(raw),
-            num_experts=int(raw.get("num_local_experts", 0)),
-            experts_per_token=int(raw.get("num_experts_per_tok", 0)),
+            num_experts=int(raw.get("num_local_experts") or raw.get("num_experts") or 0),
+            experts_per_token=int(raw.get("num_experts_per_tok") or 0),
+            # Mixtral's experts are intermediate_size wide and always renormalised.
+            moe_intermediate_size=int(raw.get("moe_intermediate_size") or raw["intermediate_size"]),
+            shared_expert_intermediate_size=int(raw.get("shared_expert_intermediate_size") or 0),
+            norm_topk_prob=bool(raw.get("norm_topk_prob", arch == "MixtralForCausalLM")),
+            decoder_sparse_step=int(raw.get("decoder_sparse_step") or 1),
+            mlp_only_layers=tuple(int(i) for i in raw.get("mlp_only_layers") or ()),
+            clip_qkv=raw.get("clip_qkv"),
         )
 
     @classmethod
@@ -89,6 +105,13 @@ class ModelConfig:
         if self.architecture not in SUPPORTED_ARCHITECTURES:
             raise ModelLoadError(f"architecture {self.architecture} is not supported; "
                                  f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+        if self.clip_qkv is not None:
+            raise ModelLoadError(f"clip_qkv={self.clip_qkv} in config.json is not supported; "
+                                 "mgpud serves OLMoE checkpoints without a q/k/v clamp")
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return (self.num_experts > 0 and layer not in self.mlp_only_layers
+                and (layer + 1) % self.decoder_sparse_step == 0)
 
     def resolve_max_model_len(self, wanted: int | None) -> int:
         # Within a sliding window, full attention is exact; past it, we would be wrong.
@@ -113,10 +136,13 @@ class ModelConfig:
         q = self.num_heads * self.head_dim
         kv = self.num_kv_heads * self.head_dim
         attn = h * (q + 2 * kv) + q * h + (q + 2 * kv if self.qkv_bias else 0)
-        mlp = 3 * h * i * max(1, self.num_experts) + (h * self.num_experts if self.num_experts else 0)
-        per_layer = attn + mlp + 2 * h
+        moe_layers = sum(self.is_moe_layer(n) for n in range(self.num_layers))
+        shared = self.shared_expert_intermediate_size
+        moe = (3 * h * self.moe_intermediate_size * self.num_experts + h * self.num_experts
+               + (3 * h * shared + h if shared else 0))
+        mlp = moe * moe_layers + 3 * h * i * (self.num_layers - moe_layers)
         embed = v * h * (1 if self.tie_word_embeddings else 2)
-        return self.num_layers * per_layer + embed + h
+        return self.num_layers * (attn + 2 * h) + mlp + embed + h
 
     def kv_bytes_per_token(self, dtype_bytes: int, tp: int = 1) -> int:
         """K and V bytes one token occupies on one rank of a tp-way replica."""
@@ -139,6 +165,7 @@ class EngineConfig:
     kv_cache_memory: int | None = None  # bytes per rank; overrides profiling
     threads_per_device: int = 1
     enable_prefix_caching: bool = True
+    enable_expert_parallel: bool = False  # MoE: whole experts per rank instead of slices of all
 
     def check(self) -> None:
         problems = []

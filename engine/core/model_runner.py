@@ -24,7 +24,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class ModelRunner:
     def __init__(self, model_cfg: ModelConfig, model_dir: Path, group: TPGroup, device: torch.device,
                  dtype: str, max_model_len: int, block_size: int,
-                 progress: Callable[[LoadProgress], None] | None = None):
+                 progress: Callable[[LoadProgress], None] | None = None, expert_parallel: bool = False):
         self.cfg = model_cfg
         self.group = group
         self.device = device
@@ -32,7 +32,7 @@ class ModelRunner:
         self.block_size = block_size
         self.max_model_len = max_model_len
         with torch.device(device):
-            self.model = model_class(model_cfg)(model_cfg, group, self.dtype, max_model_len)
+            self.model = model_class(model_cfg)(model_cfg, group, self.dtype, max_model_len, expert_parallel)
         load_weights(self.model, model_dir, progress)
         self.caches: list[KVCache] = []
 
