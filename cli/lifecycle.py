@@ -23,6 +23,7 @@ _LIMIT_OPTIONS: dict[str, dict[str, Any]] = {
     "memory_utilization": {"decls": ("--gpu-memory-utilization",), "metavar": "FRACTION",
                            "help": "Share of each device's memory the model may use (CPU devices too)."},
     "kv_cache_memory": {"type": SIZE, "help": "KV cache per rank, e.g. 2GiB; overrides profiling."},
+    "enable_expert_parallel": {"decls": ("--enable-expert-parallel", "--ep")},  # --ep: vLLM's short name
 }
 
 

@@ -52,7 +52,7 @@ async def version(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
 async def status(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
     """status {} -> the daemon summary (version, protocol, pid, state, started_at, uptime_s,
     generations_running), its paths, the HTTP API's URL (null when off), a device count
-    and one line per model."""
+    and one line per model (with its MoE expert_balance, null for a dense model)."""
     return {
         **d.summary(),
         "runtime_dir": str(d.runtime_dir),
@@ -63,7 +63,8 @@ async def status(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
         "http": d.http.url if d.http else None,
         "devices": {"total": len(d.models.inventory), "free": len(d.models.pool.free),
                     "kinds": sorted({dev.kind for dev in d.models.inventory})},
-        "models": [{k: wire[k] for k in ("name", "state", "tp", "dp", "devices", "error", "progress")}
+        "models": [{**{k: wire[k] for k in ("name", "state", "tp", "dp", "devices", "error", "progress")},
+                    "expert_balance": (wire["stats"] or {}).get("expert_balance")}
                    for wire in map(to_wire, d.models.describe_all())],
     }
 

@@ -116,6 +116,8 @@ _ENGINE_LIMITS = {
                               help="fraction of each device's memory the model may use"),
     "kv_cache_memory": Arg("int", low=1, help="KV cache bytes per rank; overrides profiling"),
     "dtype": Arg("str", choices=DTYPES, help="weights and activations dtype; default fp32 on CPU, bf16 on GPU"),
+    "enable_expert_parallel": Arg("bool", help="MoE models: each rank holds whole experts (expert e of E on "
+                                               "rank e * tp // E) instead of a slice of every expert"),
 }
 
 OPS: dict[str, Op] = {

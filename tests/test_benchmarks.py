@@ -109,12 +109,18 @@ def check_serving(r: dict[str, Any]) -> None:
         assert (BENCHMARKS / r["plot"]).stat().st_size > 0
 
 
+def check_moe_combine(r: dict[str, Any]) -> None:
+    assert r["tokens"]
+    for row in r["tokens"].values():
+        assert positive(row["allreduce_us"]) and positive(row["all_to_all_us"])
+
+
 CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
     "throughput": check_throughput, "scaling": check_scaling, "kernels": check_kernels,
     "control_latency": check_control_latency, "http_overhead": check_http_overhead,
     "step_overhead": check_step_overhead,
     "kv_efficiency": check_kv_efficiency, "memory_overhead": check_memory_overhead,
-    "load_time": check_load_time, "serving": check_serving,
+    "load_time": check_load_time, "serving": check_serving, "moe_combine": check_moe_combine,
 }
 
 

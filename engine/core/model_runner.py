@@ -13,6 +13,7 @@ from mgpud.records import LoadProgress
 from ..config import ModelConfig
 from .batch import StepInput
 from .layers.attention import KVCache
+from .layers.moe import SparseMoE, balance
 from .loader import load_weights
 from .memory import peak_rss
 from .models import model_class
@@ -35,6 +36,16 @@ class ModelRunner:
             self.model = model_class(model_cfg)(model_cfg, group, self.dtype, max_model_len, expert_parallel)
         load_weights(self.model, model_dir, progress)
         self.caches: list[KVCache] = []
+        self.moe_layers = [m for m in self.model.modules() if isinstance(m, SparseMoE)]
+        # Load balance is over the units that share the experts' work: ranks under EP.
+        self.balance_units = group.size if expert_parallel else model_cfg.num_experts
+
+    def expert_load(self) -> tuple[int, float | None]:
+        """(token-to-expert assignments so far, summed over the MoE layers; their balance)."""
+        if not self.moe_layers:
+            return 0, None
+        counts = torch.stack([m.tokens_per_expert for m in self.moe_layers])
+        return int(counts.sum()), balance(counts, self.balance_units)
 
     @property
     def weight_bytes(self) -> int:
@@ -76,6 +87,8 @@ class ModelRunner:
             return peak[0]
         finally:
             self.caches = []
+            for m in self.moe_layers:  # the profile's dummy tokens are no load
+                m.tokens_per_expert.zero_()
 
     def _profile_lengths(self, num_tokens: int, max_num_seqs: int) -> list[int]:
         per_seq = max(1, min(self.max_model_len, -(-num_tokens // max_num_seqs)))

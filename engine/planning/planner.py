@@ -205,13 +205,15 @@ class _Ask:
     batched_tokens: int  # the engine's max_num_batched_tokens: the profiled step
     max_seqs: int  # the engine's max_num_seqs: rows of logits in that step
     kv_cache_memory: int | None  # bytes per device when set explicitly (no profiling then)
+    expert_parallel: bool  # MoE: whole experts per rank (all-to-all traffic) instead of slices
 
 
 def plan(model: ModelConfig | str | Path, devices: DeviceSet | str | None = None, *,
          dtype: str | None = None, max_model_len: int | None = None, concurrency: int = 16,
          memory_utilization: float = 0.9, tp: int = 0, dp: int = 0, block_size: int = 16,
          device_memory: int | None = None, max_num_seqs: int = 256,
-         max_num_batched_tokens: int = 2048, kv_cache_memory: int | None = None) -> Plan:
+         max_num_batched_tokens: int = 2048, kv_cache_memory: int | None = None,
+         enable_expert_parallel: bool = False) -> Plan:
     """Every (tp, dp) shape for `model` on `devices`, and the one to use.
 
     model: a ModelConfig, a model directory, a config.json, or a preset name.
@@ -221,6 +223,7 @@ def plan(model: ModelConfig | str | Path, devices: DeviceSet | str | None = None
     tp, dp: 0 = automatic.
     device_memory: bytes per CPU device (default: a share of RAM).
     kv_cache_memory: KV bytes per device, as a load with that setting would allocate.
+    enable_expert_parallel: MoE experts placed whole, expert e of E on rank e * tp // E.
     """
     _check_knobs(max_model_len, concurrency, memory_utilization, tp, dp, block_size)
     cfg, label = load_model(model)
@@ -228,7 +231,7 @@ def plan(model: ModelConfig | str | Path, devices: DeviceSet | str | None = None
     wdtype = normalize_dtype(dtype or default_dtype(pool.kind == "cuda"))  # the engine's default
     ask = _Ask(cfg, pool.hardware, wdtype, device_budget(pool, memory_utilization),
                max_model_len or cfg.max_position_embeddings, concurrency, block_size,
-               max_num_batched_tokens, max_num_seqs, kv_cache_memory)
+               max_num_batched_tokens, max_num_seqs, kv_cache_memory, enable_expert_parallel)
     valid = cfg.valid_tp_degrees(pool.count)
     shapes = [_shape(ask, t, d) for t in valid for d in range(1, pool.count // t + 1)]
     knee = knee_tp(cfg, ask.hw, wdtype, valid, concurrency, ask.length // 2) if ask.hw else None

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from mgpud.records import COUNTERS, GAUGES, LoadProgress, ModelFigures
+from mgpud.records import COUNTERS, GAUGES, LoadProgress, ModelFigures, ReplicaFigures
 
 from ..config import EngineConfig
 from ..core.llm_engine import LLMEngine, ProgressFn, default_devices
@@ -353,7 +353,8 @@ class ModelGroup:
             state = "reconfiguring"
         return ModelFigures(**totals, **vars(self.metrics.snapshot()), name=self.name, tp=self.tp,
                             dp=len(replicas), state=state, max_model_len=self.model.max_model_len, held=held,
-                            peak_running=max((r.peak_running for r in replicas), default=0), replicas=replicas)
+                            peak_running=max((r.peak_running for r in replicas), default=0),
+                            expert_balance=_expert_balance(replicas), replicas=replicas)
 
     def shutdown(self) -> None:
         self._closed.set()
@@ -376,3 +377,10 @@ class ModelGroup:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+def _expert_balance(replicas: list[ReplicaFigures]) -> float | None:
+    """The replicas' balance figures weighted by the tokens each routed."""
+    counted = [r for r in replicas if r.expert_balance is not None and r.expert_tokens_total]
+    tokens = sum(r.expert_tokens_total for r in counted)
+    return sum(r.expert_balance * r.expert_tokens_total for r in counted) / tokens if tokens else None

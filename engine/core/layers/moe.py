@@ -7,10 +7,11 @@ Expert parallel: rank r holds whole experts, the contiguous block {e : e * tp //
 
 Either way the activations are the same on every rank, so every rank routes every token
 itself (the router is replicated) and computes a partial output; one all-reduce per layer
-sums the partials. Expert parallel needs no all-to-all here: a token's activation is
-already on every rank, and only the combine moves data. An all-to-all could replace the
-all-reduce where the backend has a fast one (NCCL); with gloo on CPU the all-reduce is
-what we use.
+sums the partials. Expert parallel needs no all-to-all dispatch here: attention is tensor
+parallel, so a token's activation is already on every rank, and only the combine moves
+data. gloo (torch 2.13) does have `all_to_all_single` for CPU tensors, but an all-to-all
+dispatch and combine would move at least the bytes of this one all-reduce and add a second
+collective; benchmarks/moe_combine.py times both.
 
 Per-expert token counts accumulate in `tokens_per_expert` (one tensor add per layer).
 """
@@ -58,6 +59,21 @@ class ExpertPlacement:
     @property
     def width(self) -> int:
         return self.end - self.start
+
+
+def balance(counts: torch.Tensor, units: int) -> float | None:
+    """vLLM EPLB's balancedness of per-layer per-expert token counts [layers, E]: the load of
+    each of `units` (EP ranks holding contiguous expert blocks; units = E: the experts
+    themselves), mean over max per layer, averaged over the layers that saw tokens.
+    1.0 is perfect balance; 1 / units, every token on one unit. None before any token."""
+    experts = counts.shape[1]
+    owner = torch.arange(experts) * units // experts
+    loads = torch.zeros(counts.shape[0], units).index_add_(1, owner, counts.float())
+    peak = loads.max(dim=1).values
+    seen = peak > 0
+    if not bool(seen.any()):
+        return None
+    return float((loads.mean(dim=1)[seen] / peak[seen]).mean())
 
 
 class StackedExperts(nn.Module):
