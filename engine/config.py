@@ -56,6 +56,12 @@ class ModelConfig:
     decoder_sparse_step: int = 1  # layer i is MoE when (i + 1) % step == 0 ...
     mlp_only_layers: tuple[int, ...] = ()  # ... and i is not listed here
     clip_qkv: float | None = None  # OLMoE's optional q/k/v clamp (not supported)
+    # Multi-head latent attention (DeepSeek-V3), planned only: a KV cache of one latent
+    # vector of kv_lora_rank plus the rope part per token and layer; 0 = ordinary attention.
+    kv_lora_rank: int = 0
+    q_lora_rank: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ModelConfig:
@@ -63,6 +69,8 @@ class ModelConfig:
         heads = int(raw["num_attention_heads"])
         hidden = int(raw["hidden_size"])
         rope = raw.get("rope_parameters") or {}
+        mla = int(raw.get("kv_lora_rank") or 0)
+        moe_width = int(raw.get("moe_intermediate_size") or raw["intermediate_size"])
         scaling = raw.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
         theta = raw.get("rope_theta", rope.get("rope_theta", 10000.0))
         return cls(
@@ -73,7 +81,8 @@ class ModelConfig:
             num_layers=int(raw["num_hidden_layers"]),
             num_heads=heads,
             num_kv_heads=int(raw.get("num_key_value_heads") or heads),
-            head_dim=int(raw.get("head_dim") or hidden // heads),
+            head_dim=int(raw["qk_nope_head_dim"] + raw["qk_rope_head_dim"] if mla
+                         else raw.get("head_dim") or hidden // heads),
             max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
             rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
             rope_theta=float(theta),
@@ -82,15 +91,22 @@ class ModelConfig:
             qkv_bias=bool(raw.get("qkv_bias", arch in _QKV_BIAS_ARCHITECTURES) or raw.get("attention_bias", False)),
             dtype=_DTYPE_NAMES.get(str(raw.get("dtype") or raw.get("torch_dtype") or "float32"), "float32"),
             sliding_window=_sliding_window(raw),
-            num_experts=int(raw.get("num_local_experts") or raw.get("num_experts") or 0),
+            num_experts=int(raw.get("num_local_experts") or raw.get("num_experts") or raw.get("n_routed_experts") or 0),
             experts_per_token=int(raw.get("num_experts_per_tok") or 0),
             # Mixtral's experts are intermediate_size wide and always renormalised.
-            moe_intermediate_size=int(raw.get("moe_intermediate_size") or raw["intermediate_size"]),
-            shared_expert_intermediate_size=int(raw.get("shared_expert_intermediate_size") or 0),
+            moe_intermediate_size=moe_width,
+            shared_expert_intermediate_size=int(raw.get("shared_expert_intermediate_size")
+                                                or moe_width * int(raw.get("n_shared_experts") or 0)),
             norm_topk_prob=bool(raw.get("norm_topk_prob", arch == "MixtralForCausalLM")),
-            decoder_sparse_step=int(raw.get("decoder_sparse_step") or 1),
-            mlp_only_layers=tuple(int(i) for i in raw.get("mlp_only_layers") or ()),
+            decoder_sparse_step=int(raw.get("decoder_sparse_step") or raw.get("moe_layer_freq") or 1),
+            # DeepSeek: the first first_k_dense_replace layers are dense.
+            mlp_only_layers=tuple(int(i) for i in raw.get("mlp_only_layers")
+                                  or range(int(raw.get("first_k_dense_replace") or 0))),
             clip_qkv=raw.get("clip_qkv"),
+            kv_lora_rank=mla,
+            q_lora_rank=int(raw.get("q_lora_rank") or 0),
+            qk_rope_head_dim=int(raw.get("qk_rope_head_dim") or 0),
+            v_head_dim=int(raw.get("v_head_dim") or 0),
         )
 
     @classmethod
@@ -130,22 +146,45 @@ class ModelConfig:
                     f"{self.num_kv_heads} KV heads")
         return None
 
-    def param_count(self) -> int:
-        """Parameters of the whole model (embeddings counted once when tied)."""
-        h, i, v = self.hidden_size, self.intermediate_size, self.vocab_size
-        q = self.num_heads * self.head_dim
-        kv = self.num_kv_heads * self.head_dim
-        attn = h * (q + 2 * kv) + q * h + (q + 2 * kv if self.qkv_bias else 0)
-        moe_layers = sum(self.is_moe_layer(n) for n in range(self.num_layers))
-        shared = self.shared_expert_intermediate_size
-        moe = (3 * h * self.moe_intermediate_size * self.num_experts + h * self.num_experts
-               + (3 * h * shared + h if shared else 0))
-        mlp = moe * moe_layers + 3 * h * i * (self.num_layers - moe_layers)
-        embed = v * h * (1 if self.tie_word_embeddings else 2)
-        return self.num_layers * (attn + 2 * h) + mlp + embed + h
+    def moe_layers(self) -> int:
+        return sum(self.is_moe_layer(n) for n in range(self.num_layers))
+
+    def attention_params(self) -> int:
+        """One layer's attention projections, with their biases."""
+        h, heads, d = self.hidden_size, self.num_heads, self.head_dim
+        if self.kv_lora_rank:  # MLA: low-rank q, a shared latent for k/v, per-head up-projections
+            r, rope = self.kv_lora_rank, self.qk_rope_head_dim
+            q = h * self.q_lora_rank + self.q_lora_rank * heads * d if self.q_lora_rank else h * heads * d
+            return q + h * (r + rope) + r * heads * (d - rope + self.v_head_dim) + heads * self.v_head_dim * h
+        q, kv = heads * d, self.num_kv_heads * d
+        return h * (q + 2 * kv) + q * h + (q + 2 * kv if self.qkv_bias else 0)
+
+    def expert_params(self) -> int:
+        """One routed expert's matrices (gate, up, down)."""
+        return 3 * self.hidden_size * self.moe_intermediate_size
+
+    def mlp_params(self, active: bool = False) -> int:
+        """Every layer's MLP matrices: all experts, or (active) those one token runs."""
+        routed = self.experts_per_token if active else self.num_experts
+        moe = self.expert_params() * routed + 3 * self.hidden_size * self.shared_expert_intermediate_size
+        moe_layers = self.moe_layers()
+        return moe * moe_layers + 3 * self.hidden_size * self.intermediate_size * (self.num_layers - moe_layers)
+
+    def replicated_params(self) -> int:
+        """Norms and MoE routers: whole on every rank."""
+        return (2 * self.num_layers + 1) * self.hidden_size + self.moe_layers() * self.hidden_size * self.num_experts
+
+    def param_count(self, active: bool = False) -> int:
+        """Parameters of the whole model (embeddings counted once when tied); `active`: those
+        one token computes with (the experts it is routed to, not all of them)."""
+        embed = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+        return self.num_layers * self.attention_params() + self.mlp_params(active) + self.replicated_params() + embed
 
     def kv_bytes_per_token(self, dtype_bytes: int, tp: int = 1) -> int:
-        """K and V bytes one token occupies on one rank of a tp-way replica."""
+        """K and V bytes one token occupies on one rank of a tp-way replica. MLA caches one
+        latent per token and layer, the same on every rank."""
+        if self.kv_lora_rank:
+            return self.num_layers * (self.kv_lora_rank + self.qk_rope_head_dim) * dtype_bytes
         return 2 * self.num_layers * (self.num_kv_heads // tp) * self.head_dim * dtype_bytes
 
 
