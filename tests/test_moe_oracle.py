@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mgpud.engine import EngineConfig, ModelGroup, SamplingParams
+from mgpud.engine.exceptions import ModelLoadError
 from oracle import hf_greedy, hf_logprobs, hf_model
 
 # (family, tp, expert parallel): every family, Qwen2-MoE (shared expert, a dense layer in
@@ -60,3 +61,9 @@ def test_rank_holds_its_share_of_experts(engine: ModelGroup) -> None:
     for nbytes in per_rank:
         # Norms and routers are replicated; they are a few KB here.
         assert full / tp <= nbytes < full / tp * 1.02 + 16384
+
+
+def test_expert_parallel_is_refused_for_a_dense_model(tiny_moe_models: dict[str, Path]) -> None:
+    cfg = EngineConfig(model=str(tiny_moe_models["qwen3"]), tp=2, enable_expert_parallel=True, kv_cache_memory=2 << 20)
+    with pytest.raises(ModelLoadError, match="expert parallelism needs a mixture-of-experts model"):
+        ModelGroup(cfg)

@@ -3,7 +3,8 @@
 TP-sharded (the default): every rank holds every expert, sliced along the intermediate
 dimension as a dense MLP is, and runs every active expert on its slice.
 Expert parallel: rank r holds whole experts, the contiguous block {e : e * tp // E == r}
-(`expert_owner`), reads only their bytes, and runs only those experts.
+(`expert_owner`), reads only their bytes, and runs only those experts; it needs at least
+tp experts (checked with the shape: engine/planning/shapes.py).
 
 Either way the activations are the same on every rank, so every rank routes every token
 itself (the router is replicated) and computes a partial output; one all-reduce per layer
@@ -26,7 +27,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config import ModelConfig
-from ...exceptions import ModelLoadError
 from .. import kernels
 from ..parallel import TPGroup, split_range
 from .linear import ColumnParallelLinear, ReplicatedLinear, RowParallelLinear
@@ -50,9 +50,6 @@ class ExpertPlacement:
     def of(cls, num_experts: int, intermediate: int, group: TPGroup, expert_parallel: bool) -> ExpertPlacement:
         if not expert_parallel:
             return cls(0, num_experts, *split_range(intermediate, group.rank, group.size))
-        if num_experts < group.size:
-            raise ModelLoadError(f"expert parallelism over tp={group.size} ranks needs at least {group.size} "
-                                 f"experts; this model has {num_experts}: load it without --enable-expert-parallel")
         owned = [e for e in range(num_experts) if expert_owner(e, num_experts, group.size) == group.rank]
         return cls(owned[0], len(owned), 0, intermediate)
 
