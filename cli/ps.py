@@ -52,7 +52,7 @@ def generation_table(running: list[dict[str, Any]]) -> str:
 
 
 def model_rows(m: ModelRecord) -> list[list[str]]:
-    shape = f"{m.tp} x {m.dp}"
+    shape = f"{m.tp} x {m.dp}" + (" ep" if m.stats and m.stats.expert_parallel else "")
     if m.stats is None or not m.stats.replicas:  # loading, or failed before any replica started
         return [[m.name, "-", shape, ",".join(m.devices) or "-", _state_label(m), *["-"] * 7]]
     return [[m.name, str(r.index), shape, ",".join(r.devices), state(r.state), fmt_bytes(replica_memory(r)),

@@ -152,12 +152,14 @@ async def unload(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
 
 @handler
 async def reconfigure(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
-    """reconfigure {name, tp?, dp?} -> frames: load progress of new replicas ({phase, ...})
+    """reconfigure {name, tp?, dp?, enable_expert_parallel?} -> frames: load progress of new replicas ({phase, ...})
     and replica events ({kind, ...}) -> {from: {tp, dp}, to: {tp, dp}, duration_s, held_s,
     model: the new description}. The model serves throughout; requests that arrive while
-    no replica is ready wait in its queue (held_s). An omitted tp or dp stays as it is."""
+    no replica is ready wait in its queue (held_s). An omitted tp, dp or expert placement
+    stays as it is."""
     args = req.args
-    return await d.models.reconfigure(args["name"], args["tp"], args["dp"], call.emit)
+    return await d.models.reconfigure(args["name"], args["tp"], args["dp"], call.emit,
+                                      args["enable_expert_parallel"])
 
 
 @handler

@@ -150,9 +150,11 @@ OPS: dict[str, Op] = {
     ),
     "reconfigure": Op(
         "Change a loaded model's shape (tp, dp) while it serves; streams progress and replica events.",
-        {"name": Arg("name", required=True), "tp": Arg("int", low=1, high=1024), "dp": Arg("int", low=1, high=1024)},
+        {"name": Arg("name", required=True), "tp": Arg("int", low=1, high=1024), "dp": Arg("int", low=1, high=1024),
+         "enable_expert_parallel": Arg("bool", help="MoE models: true places whole experts on ranks, false "
+                                                    "shards every expert; omitted: as it is")},
         streams=True,
-        at_least_one_of=("tp", "dp"),
+        at_least_one_of=("tp", "dp", "enable_expert_parallel"),
     ),
     "generate": Op(
         "Generate text; streams token frames unless stream is false, then a final result.",

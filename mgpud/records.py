@@ -97,6 +97,7 @@ class ModelFigures(RequestFigures, RankFigures):
     state: str = "ready"  # ready, degraded, failed, reconfiguring
     max_model_len: int | None = None
     held: int = 0  # requests waiting in the group for a replica of the new shape
+    expert_parallel: bool = False  # MoE: whole experts on ranks rather than every expert sharded
     replicas: list[ReplicaFigures] = field(default_factory=list)
 
 

@@ -1,6 +1,6 @@
 """A mixture-of-experts model served by a real daemon with expert parallelism, loaded by
 `mgpud load --ep`: token-to-expert counts and the load balance in `ps`, `status --json`
-and the Prometheus exposition."""
+and the Prometheus exposition; a live reshape to TP-sharded experts and back."""
 
 from __future__ import annotations
 
@@ -55,3 +55,21 @@ def test_expert_counts_and_balance_are_reported(daemon: DaemonProcess, tiny_moe_
     assert families["mgpud:expert_balance"].samples[0].value == pytest.approx(balance)
     assert families["mgpud:expert_tokens"].samples[0].value == routed
 
+
+
+@pytest.mark.slow
+def test_reshape_between_placements_drops_nothing(daemon: DaemonProcess) -> None:
+    ask = {"model": "moe", "prompt": PROMPT, "max_tokens": 24, "ignore_eos": True}
+    before = daemon.call("generate", **ask)["token_ids"]
+    with daemon.client(timeout=120) as client:
+        running = client.stream("generate", **ask)
+        mgpud(daemon, "scale", "moe", "--no-ep")  # while that generation runs
+        during = running.wait()["token_ids"]
+    stats = daemon.call("models")["models"][0]["stats"]
+    assert not stats["expert_parallel"] and stats["requests_failed"] == 0
+    assert "2 x 1 ep" not in mgpud(daemon, "ps")
+    # The same greedy tokens from every placement.
+    assert during == before == daemon.call("generate", **ask)["token_ids"]
+    mgpud(daemon, "scale", "moe", "--ep")
+    assert daemon.call("models")["models"][0]["stats"]["expert_parallel"]
+    assert "2 x 1 ep" in mgpud(daemon, "ps")

@@ -292,19 +292,24 @@ class ModelGroup:
 
     # -- reshaping --------------------------------------------------------------------
 
-    def reconfigure(self, tp: int, dp: int, progress: ProgressFn | None = None) -> dict[str, Any]:
-        """Change to tp x dp while serving; returns how long it took and requests were held."""
+    def reconfigure(self, tp: int, dp: int, progress: ProgressFn | None = None,
+                    expert_parallel: bool | None = None) -> dict[str, Any]:
+        """Change to tp x dp (and, for a MoE model, the expert placement unless None) while
+        serving; returns how long it took and requests were held."""
         with self._reconfiguring:
             with self._lock:
                 live = [r for r in self.replicas if r.state != STOPPED]
             mine = sum(len(r.devices) for r in live)
-            check_shape(self.model.config, self.config, tp, dp, len(self.pool.free) + mine, self.model.max_model_len)
+            ep = self.config.enable_expert_parallel if expert_parallel is None else expert_parallel
+            target = dataclasses.replace(self.config, tp=tp, enable_expert_parallel=ep)
+            check_shape(self.model.config, target, tp, dp, len(self.pool.free) + mine, self.model.max_model_len)
             before = {"tp": self.tp, "dp": len(live)}
             start, held_before = time.monotonic(), self._held_seconds
             self._event("reconfigure_started", **{"from": before, "to": {"tp": tp, "dp": dp}})
-            keep = [r for r in live if r.tp == tp and r.state == READY][:dp]
+            placed = ep == self.config.enable_expert_parallel  # a new placement restarts every replica
+            keep = [r for r in live if r.tp == tp and r.state == READY and placed][:dp]
             retire = sorted((r for r in live if r not in keep), key=lambda r: (r.state == READY, r.load()))
-            self.config = dataclasses.replace(self.config, tp=tp)
+            self.config = target
             for _ in range(dp - len(keep)):
                 while len(self.pool.free) < tp:
                     self._retire(retire.pop(0))
@@ -354,7 +359,8 @@ class ModelGroup:
         return ModelFigures(**totals, **vars(self.metrics.snapshot()), name=self.name, tp=self.tp,
                             dp=len(replicas), state=state, max_model_len=self.model.max_model_len, held=held,
                             peak_running=max((r.peak_running for r in replicas), default=0),
-                            expert_balance=_expert_balance(replicas), replicas=replicas)
+                            expert_balance=_expert_balance(replicas), replicas=replicas,
+                            expert_parallel=self.config.enable_expert_parallel)
 
     def shutdown(self) -> None:
         self._closed.set()
