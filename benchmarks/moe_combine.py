@@ -45,11 +45,11 @@ def _worker(rank: int, init: str, sizes: list[int], repeats: int, out: Any) -> N
         routed = torch.randn(t * TOP_K, HIDDEN)
         received = torch.empty_like(routed)
 
-        def all_to_all() -> None:
+        def all_to_all(received: torch.Tensor = received, routed: torch.Tensor = routed) -> None:
             for _ in range(2):  # dispatch, then combine
                 dist.all_to_all_single(received, routed)
 
-        rows[t] = {"allreduce_us": _time(lambda: dist.all_reduce(partial), repeats),
+        rows[t] = {"allreduce_us": _time(lambda partial=partial: dist.all_reduce(partial), repeats),
                    "all_to_all_us": _time(all_to_all, repeats)}
     if rank == 0:
         out.put(rows)

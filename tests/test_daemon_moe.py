@@ -60,16 +60,18 @@ def test_expert_counts_and_balance_are_reported(daemon: DaemonProcess, tiny_moe_
 @pytest.mark.slow
 def test_reshape_between_placements_drops_nothing(daemon: DaemonProcess) -> None:
     ask = {"model": "moe", "prompt": PROMPT, "max_tokens": 24, "ignore_eos": True}
-    before = daemon.call("generate", **ask)["token_ids"]
     with daemon.client(timeout=120) as client:
+        before = client.call("generate", **ask)["token_ids"]
         running = client.stream("generate", **ask)
         mgpud(daemon, "scale", "moe", "--no-ep")  # while that generation runs
-        during = running.wait()["token_ids"]
+        result = running.wait()
+        after = client.call("generate", **ask)["token_ids"]
+    assert result["finish_reason"] == "length", result
     stats = daemon.call("models")["models"][0]["stats"]
     assert not stats["expert_parallel"] and stats["requests_failed"] == 0
     assert "2 x 1 ep" not in mgpud(daemon, "ps")
     # The same greedy tokens from every placement.
-    assert during == before == daemon.call("generate", **ask)["token_ids"]
+    assert result["token_ids"] == before == after
     mgpud(daemon, "scale", "moe", "--ep")
     assert daemon.call("models")["models"][0]["stats"]["expert_parallel"]
     assert "2 x 1 ep" in mgpud(daemon, "ps")

@@ -4,7 +4,6 @@ MLA's KV cache, expert parallelism's placement and traffic, and refusals."""
 from __future__ import annotations
 
 import pytest
-
 from mgpud.engine.config import ModelConfig
 from mgpud.engine.planning.planner import PlanError, plan
 from mgpud.engine.planning.presets import MODEL_PRESETS, model_preset

@@ -3,6 +3,8 @@ the mixture-of-experts models (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE)."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -27,8 +29,9 @@ class MoEForCausalLM(LlamaForCausalLM):
 
 
 class MixtralForCausalLM(MoEForCausalLM):
-    packed = {**PACKED, "w1": ("gate_up_proj", 0), "w3": ("gate_up_proj", 1), "w2": ("down_proj", 0)}
-    renamed = {"block_sparse_moe": "mlp"}
+    packed: ClassVar[dict[str, tuple[str, int]]] = {**PACKED, "w1": ("gate_up_proj", 0), "w3": ("gate_up_proj", 1),
+                                                   "w2": ("down_proj", 0)}
+    renamed: ClassVar[dict[str, str]] = {"block_sparse_moe": "mlp"}
 
 
 class Qwen3MoeForCausalLM(MoEForCausalLM):

@@ -7,6 +7,8 @@ Subclasses (models/families.py) choose the q/k norm and each layer's MLP.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -103,7 +105,7 @@ class LlamaModel(nn.Module):
 
 class LlamaForCausalLM(nn.Module):
     packed = PACKED
-    renamed: dict[str, str] = {}  # checkpoint module name -> ours, where they differ
+    renamed: ClassVar[dict[str, str]] = {}  # checkpoint module name -> ours, where they differ
     qk_norm: str | None = None
 
     def __init__(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype, max_positions: int,
