@@ -1,5 +1,5 @@
 """Dense Qwen3 and the mixture-of-experts families against transformers (eager, float32):
-logits and greedy tokens, with experts TP-sharded and expert parallel."""
+logits and greedy tokens, with experts TP-sharded and expert parallel, and over two replicas."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ from mgpud.engine import EngineConfig, ModelGroup, SamplingParams
 from mgpud.engine.exceptions import ModelLoadError
 from oracle import hf_greedy, hf_logprobs, hf_model
 
-# (family, tp, expert parallel): every family, Qwen2-MoE (shared expert, a dense layer in
-# mlp_only_layers) and OLMoE (q/k norm over the split projection) with TP-sharded experts
-# at tp=2, and expert parallel at tp=2.
-# Two ranks take > 20 s each on a shared 2-core machine: marked slow.
-CASES = [("qwen3", 1, False), ("mixtral", 1, False),
+# (family, tp, expert parallel, dp): every family, Qwen2-MoE (shared expert, a dense layer
+# in mlp_only_layers) and OLMoE (q/k norm over the split projection) with TP-sharded
+# experts at tp=2, expert parallel at tp=2, and two tp=1 replicas.
+# Two ranks or replicas take > 20 s each on a shared 2-core machine: marked slow.
+CASES = [("qwen3", 1, False, 1), ("mixtral", 1, False, 1),
          *(pytest.param(case, marks=pytest.mark.slow) for case in
-           [("qwen2_moe", 2, False), ("olmoe", 2, False), ("qwen3_moe", 2, True), ("mixtral", 2, True)])]
+           [("qwen2_moe", 2, False, 1), ("olmoe", 2, False, 1), ("qwen3_moe", 2, True, 1), ("mixtral", 2, True, 1),
+            ("qwen3_moe", 1, False, 2)])]
 
 
 def _prompts(vocab: int, lengths: list[int], seed: int) -> list[list[int]]:
@@ -26,12 +27,12 @@ def _prompts(vocab: int, lengths: list[int], seed: int) -> list[list[int]]:
     return [[rng.randrange(3, vocab) for _ in range(n)] for n in lengths]
 
 
-@pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}-tp{c[1]}{'-ep' if c[2] else ''}")
+@pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}-tp{c[1]}{'-ep' if c[2] else ''}-dp{c[3]}")
 def engine(request: pytest.FixtureRequest, tiny_moe_models: dict[str, Path]):
-    arch, tp, ep = request.param
+    arch, tp, ep, dp = request.param
     cfg = EngineConfig(model=str(tiny_moe_models[arch]), tp=tp, dtype="float32", max_num_batched_tokens=24,
                        kv_cache_memory=2 << 20, max_model_len=256, enable_expert_parallel=ep)
-    with ModelGroup(cfg) as eng:
+    with ModelGroup(cfg, dp) as eng:
         yield eng
 
 
