@@ -23,6 +23,7 @@ _LIMIT_OPTIONS: dict[str, dict[str, Any]] = {
     "memory_utilization": {"decls": ("--gpu-memory-utilization",), "metavar": "FRACTION",
                            "help": "Share of each device's memory the model may use (CPU devices too)."},
     "kv_cache_memory": {"type": SIZE, "help": "KV cache per rank, e.g. 2GiB; overrides profiling."},
+    "enable_expert_parallel": {"decls": ("--enable-expert-parallel", "--ep")},  # --ep: vLLM's short name
 }
 
 
@@ -172,9 +173,11 @@ def unload(settings: Settings, name: str, force: bool) -> None:
 @schema_argument("reconfigure", "name", "name", shell_complete=complete_model_names)
 @schema_option("reconfigure", "tp", *TP_FLAGS, help="New tensor-parallel degree.")
 @schema_option("reconfigure", "dp", *DP_FLAGS, help="New number of replicas.")
+@schema_option("reconfigure", "enable_expert_parallel", "--enable-expert-parallel/--no-enable-expert-parallel",
+               "--ep/--no-ep", help="MoE models: whole experts on ranks, or every expert sharded.")
 @global_options()
 @pass_settings
-def scale(settings: Settings, name: str, tp: int | None, dp: int | None) -> None:
+def scale(settings: Settings, name: str, tp: int | None, dp: int | None, enable_expert_parallel: bool | None) -> None:
     """Change NAME's shape while it serves (live reshard): replicas roll one by one, or new
     requests wait in the queue while it reshards; none is dropped. Ctrl-C detaches.
 
@@ -182,11 +185,12 @@ def scale(settings: Settings, name: str, tp: int | None, dp: int | None) -> None
     Examples:
       mgpud scale smol --dp 2
       mgpud scale smol --tp 3 --dp 1
+      mgpud scale qwen3-moe --ep
     """
-    if tp is None and dp is None:
-        raise click.UsageError("give --tp, --dp or both")
+    if tp is None and dp is None and enable_expert_parallel is None:
+        raise click.UsageError("give --tp, --dp, --ep/--no-ep or several")
     with settings.client() as client:
-        stream = client.stream("reconfigure", name=name, tp=tp, dp=dp)
+        stream = client.stream("reconfigure", name=name, tp=tp, dp=dp, enable_expert_parallel=enable_expert_parallel)
         view = ProgressView(f"reshaping {name}", for_script=settings.json)
         result = follow(stream, view, f"the daemon keeps reshaping {name}; follow it with `mgpud ps`")
     settings.say(result, format_rescaled)

@@ -31,10 +31,12 @@ if TYPE_CHECKING:
                metavar="FRACTION", help="Share of each device's memory the model may use.")
 @schema_option("plan", "tp", default=0, show_default=True, help="0 = automatic.")
 @schema_option("plan", "dp", default=0, show_default=True, help="0 = automatic.")
+@schema_option("plan", "enable_expert_parallel", "--enable-expert-parallel", "--ep")
 @global_options("json")
 @pass_settings
 def plan(settings: Settings, model: str, devices: str | None, device_memory: int | None, dtype: str | None,
-         max_model_len: int | None, concurrency: int, memory_utilization: float, tp: int, dp: int) -> None:
+         max_model_len: int | None, concurrency: int, memory_utilization: float, tp: int, dp: int,
+         enable_expert_parallel: bool | None) -> None:
     """The planner's table for MODEL (a model directory, a config.json, a preset such as
     Llama-3.1-70B, or `demo`): every shape, whether it fits and why, memory and
     all-reduce traffic per device, a decode estimate, the chosen shape and the reasons.
@@ -52,7 +54,8 @@ def plan(settings: Settings, model: str, devices: str | None, device_memory: int
 
     try:
         result = make_plan(model, devices, dtype=dtype, max_model_len=max_model_len, concurrency=concurrency,
-                           memory_utilization=memory_utilization, tp=tp, dp=dp, device_memory=device_memory)
+                           memory_utilization=memory_utilization, tp=tp, dp=dp, device_memory=device_memory,
+                           enable_expert_parallel=bool(enable_expert_parallel))
     except DeviceSpecError as exc:
         raise CliError(f"--devices: {exc}", USAGE) from None
     except EngineError as exc:
@@ -72,9 +75,15 @@ _RIGHT = {1, 2, 4, 5, 6, 7, 8, 9, 10}  # numeric columns
 
 def format_table(plan: Plan) -> str:
     """The plan as `mgpud plan` prints it: header, aligned table (chosen shape marked *), reasons."""
-    rows = [_COLUMNS] + [_row(plan, s) for s in plan.shapes]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
-    table = ["  ".join(cell.rjust(w) if i in _RIGHT else cell.ljust(w)
+    columns, cells, right = _COLUMNS, [_row(plan, s) for s in plan.shapes], _RIGHT
+    if plan.expert_parallel:  # the MoE layers' all-to-all traffic, after the all-reduce columns
+        columns = columns[:10] + ("all-to-all/token",) + columns[10:]
+        cells = [row[:10] + (fmt_bytes(s.all_to_all_bytes_per_token),) + row[10:]
+                 for row, s in zip(cells, plan.shapes)]
+        right = _RIGHT | {11}
+    rows = [columns] + cells
+    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
+    table = ["  ".join(cell.rjust(w) if i in right else cell.ljust(w)
                        for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
     return "\n".join(_header(plan) + [""] + table + _trailer(plan))
 
@@ -88,7 +97,9 @@ def _row(plan: Plan, s: Shape) -> tuple[str, ...]:
 
 
 def _header(plan: Plan) -> list[str]:
-    return [f"{plan.model} ({plan.architecture}, {plan.params / 1e9:.2f} B parameters) on "
+    active = f", {plan.active_params / 1e9:.2f} B active" if plan.active_params != plan.params else ""
+    placement = ", experts placed whole on ranks (expert parallel)" if plan.expert_parallel else ""
+    return [f"{plan.model} ({plan.architecture}, {plan.params / 1e9:.2f} B parameters{active}{placement}) on "
             f"{plan.devices} ({fmt_bytes(plan.device_memory)} each)",
             f"weights {plan.dtype}, KV {plan.kv_dtype}, max_model_len {plan.max_model_len}, "
             f"concurrency {plan.concurrency} per replica, memory utilization {plan.memory_utilization:.2f}, "

@@ -14,8 +14,8 @@ from .context import Settings, global_options, pass_settings
 from .output import fmt_duration, fmt_ms, fmt_rate, state, table
 
 HEADERS = ("NAME", "REPLICA", "TP x DP", "DEVICES", "STATE", "MEMORY", "KV USE", "RUN/WAIT",
-           "TOK/S", "TTFT P95", "PIDS")
-RIGHT = frozenset({1, 5, 6, 7, 8, 9})
+           "TOK/S", "TTFT P95", "EXPERT BAL", "PIDS")
+RIGHT = frozenset({1, 5, 6, 7, 8, 9, 10})
 
 
 @click.command()
@@ -23,7 +23,8 @@ RIGHT = frozenset({1, 5, 6, 7, 8, 9})
 @pass_settings
 def ps(settings: Settings) -> None:
     """One row per model and replica: name, tp x dp, devices, state, memory, KV cache use,
-    running/waiting requests, tokens/s (last 10 s), TTFT p95 and worker PIDs; then the
+    running/waiting requests, tokens/s (last 10 s), TTFT p95, the MoE expert load balance
+    (mean/max tokens per EP rank, or per expert; 1.00 = even) and worker PIDs; then the
     running generations, with the ids `mgpud cancel` takes.
 
     \b
@@ -51,18 +52,22 @@ def generation_table(running: list[dict[str, Any]]) -> str:
 
 
 def model_rows(m: ModelRecord) -> list[list[str]]:
-    shape = f"{m.tp} x {m.dp}"
+    shape = f"{m.tp} x {m.dp}" + (" ep" if m.stats and m.stats.expert_parallel else "")
     if m.stats is None or not m.stats.replicas:  # loading, or failed before any replica started
-        return [[m.name, "-", shape, ",".join(m.devices) or "-", _state_label(m), "-", "-", "-", "-", "-", "-"]]
+        return [[m.name, "-", shape, ",".join(m.devices) or "-", _state_label(m), *["-"] * 7]]
     return [[m.name, str(r.index), shape, ",".join(r.devices), state(r.state), fmt_bytes(replica_memory(r)),
              _kv_use(r), f"{r.running}/{r.waiting}", fmt_rate(r.tokens_per_s_10s), fmt_ms(r.ttft_p95_ms),
-             ",".join(map(str, r.pids)) or "-"]
+             fmt_balance(r.expert_balance), ",".join(map(str, r.pids)) or "-"]
             for r in m.stats.replicas]
 
 
 def replica_memory(r: ReplicaFigures) -> int:  # bytes over all ranks of the replica
     kv = (r.kv_bytes_per_rank or 0) * len(r.weight_bytes_per_rank)
     return sum(r.weight_bytes_per_rank) + sum(r.peak_activation_bytes_per_rank) + sum(r.graph_bytes_per_rank) + kv
+
+
+def fmt_balance(balance: float | None) -> str:
+    return "-" if balance is None else f"{balance:.2f}"
 
 
 def _kv_use(r: ReplicaFigures) -> str:

@@ -122,6 +122,9 @@ _MODEL_FIGURES = (  # (series, type, help, field of ModelFigures): a model's tot
     ("mgpud:num_requests_held", G, "Requests held in the model's queue while no replica takes them.", "held"),
     ("mgpud:generation_tokens_per_second", G, "Tokens generated per second over the last 10 s.",
      "tokens_per_s_10s"),
+    ("mgpud:expert_tokens_total", C, "MoE token-to-expert assignments, summed over layers.", "expert_tokens_total"),
+    ("mgpud:expert_balance", G, ("MoE load balance: mean/max tokens per EP rank (per expert without EP), "
+                                 "1 = even."), "expert_balance"),
 )
 _REPLICA_FIGURES = (  # (series, help, field of ReplicaFigures)
     ("mgpud:num_requests_running", "Requests in the replica's running batch.", "running"),

@@ -52,7 +52,7 @@ async def version(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
 async def status(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
     """status {} -> the daemon summary (version, protocol, pid, state, started_at, uptime_s,
     generations_running), its paths, the HTTP API's URL (null when off), a device count
-    and one line per model."""
+    and one line per model (with its MoE expert_balance, null for a dense model)."""
     return {
         **d.summary(),
         "runtime_dir": str(d.runtime_dir),
@@ -63,7 +63,8 @@ async def status(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
         "http": d.http.url if d.http else None,
         "devices": {"total": len(d.models.inventory), "free": len(d.models.pool.free),
                     "kinds": sorted({dev.kind for dev in d.models.inventory})},
-        "models": [{k: wire[k] for k in ("name", "state", "tp", "dp", "devices", "error", "progress")}
+        "models": [{**{k: wire[k] for k in ("name", "state", "tp", "dp", "devices", "error", "progress")},
+                    "expert_balance": (wire["stats"] or {}).get("expert_balance")}
                    for wire in map(to_wire, d.models.describe_all())],
     }
 
@@ -161,12 +162,14 @@ async def unload(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
 
 @handler
 async def reconfigure(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
-    """reconfigure {name, tp?, dp?} -> frames: load progress of new replicas ({phase, ...})
+    """reconfigure {name, tp?, dp?, enable_expert_parallel?} -> frames: load progress of new replicas ({phase, ...})
     and replica events ({kind, ...}) -> {from: {tp, dp}, to: {tp, dp}, duration_s, held_s,
     model: the new description}. The model serves throughout; requests that arrive while
-    no replica is ready wait in its queue (held_s). An omitted tp or dp stays as it is."""
+    no replica is ready wait in its queue (held_s). An omitted tp, dp or expert placement
+    stays as it is."""
     args = req.args
-    return await d.models.reconfigure(args["name"], args["tp"], args["dp"], call.emit)
+    return await d.models.reconfigure(args["name"], args["tp"], args["dp"], call.emit,
+                                      args["enable_expert_parallel"])
 
 
 @handler

@@ -174,7 +174,8 @@ class ModelManager:
         await self.save()
         return {"name": name, "unloaded": True}
 
-    async def reconfigure(self, name: str, tp: int | None, dp: int | None, emit: Emit) -> dict[str, Any]:
+    async def reconfigure(self, name: str, tp: int | None, dp: int | None, emit: Emit,
+                          expert_parallel: bool | None = None) -> dict[str, Any]:
         """Reshape a serving model; returns the engine's report and the new description."""
         from mgpud.engine.exceptions import EngineError
 
@@ -189,14 +190,15 @@ class ModelManager:
         model.watchers.add(emit)
         try:
             report = await in_thread(lambda: model.group.reconfigure(
-                tp, dp, progress=lambda p: call_soon(loop, progress, p)), name=f"mgpud-reshape-{name}")
+                tp, dp, progress=lambda p: call_soon(loop, progress, p), expert_parallel=expert_parallel),
+                name=f"mgpud-reshape-{name}")
         except EngineError as exc:
             log.warning("reshaping %s to tp=%d dp=%d failed: %s", name, tp, dp, exc)
             raise MgpudError(codes.LOAD_FAILED, f"reconfiguring {name}: {exc}") from None
         finally:
             model.state = "ready" if model.state == "reconfiguring" else model.state
             model.watchers.clear()
-        model.spec.update(tp=tp, dp=dp)
+        model.spec.update(tp=tp, dp=dp, enable_expert_parallel=model.group.config.enable_expert_parallel)
         await self.save()
         return {**report, "model": to_wire(model.describe())}
 

@@ -14,7 +14,10 @@ from .exceptions import ModelLoadError
 from .jsonfile import read_json
 from .hosts.cpu_features import default_dtype
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+                           "MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM", "OlmoeForCausalLM")
+# Architectures whose checkpoints carry q/k biases unless their config says otherwise.
+_QKV_BIAS_ARCHITECTURES = ("Qwen2ForCausalLM", "Qwen2MoeForCausalLM")
 
 _DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float": "float32",
                 "bfloat16": "bfloat16", "bf16": "bfloat16",
@@ -47,6 +50,18 @@ class ModelConfig:
     sliding_window: int | None = None  # Mistral v0.1: attention span limit
     num_experts: int = 0  # MoE models; 0 = dense
     experts_per_token: int = 0
+    moe_intermediate_size: int = 0  # one routed expert's intermediate width
+    shared_expert_intermediate_size: int = 0  # Qwen2-MoE's always-on expert; 0 = none
+    norm_topk_prob: bool = False  # renormalise the chosen experts' weights to sum to 1
+    decoder_sparse_step: int = 1  # layer i is MoE when (i + 1) % step == 0 ...
+    mlp_only_layers: tuple[int, ...] = ()  # ... and i is not listed here
+    clip_qkv: float | None = None  # OLMoE's optional q/k/v clamp (not supported)
+    # Multi-head latent attention (DeepSeek-V3), planned only: a KV cache of one latent
+    # vector of kv_lora_rank plus the rope part per token and layer; 0 = ordinary attention.
+    kv_lora_rank: int = 0
+    q_lora_rank: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ModelConfig:
@@ -54,6 +69,8 @@ class ModelConfig:
         heads = int(raw["num_attention_heads"])
         hidden = int(raw["hidden_size"])
         rope = raw.get("rope_parameters") or {}
+        mla = int(raw.get("kv_lora_rank") or 0)
+        moe_width = int(raw.get("moe_intermediate_size") or raw["intermediate_size"])
         scaling = raw.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
         theta = raw.get("rope_theta", rope.get("rope_theta", 10000.0))
         return cls(
@@ -64,17 +81,32 @@ class ModelConfig:
             num_layers=int(raw["num_hidden_layers"]),
             num_heads=heads,
             num_kv_heads=int(raw.get("num_key_value_heads") or heads),
-            head_dim=int(raw.get("head_dim") or hidden // heads),
+            head_dim=int(raw["qk_nope_head_dim"] + raw["qk_rope_head_dim"] if mla
+                         else raw.get("head_dim") or hidden // heads),
             max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
             rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
             rope_theta=float(theta),
             rope_scaling=dict(scaling) if scaling else None,
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-            qkv_bias=arch == "Qwen2ForCausalLM" or bool(raw.get("attention_bias", False)),
+            qkv_bias=bool(raw.get("qkv_bias", arch in _QKV_BIAS_ARCHITECTURES) or raw.get("attention_bias", False)),
             dtype=_DTYPE_NAMES.get(str(raw.get("dtype") or raw.get("torch_dtype") or "float32"), "float32"),
             sliding_window=_sliding_window(raw),
-            num_experts=int(raw.get("num_local_experts", 0)),
-            experts_per_token=int(raw.get("num_experts_per_tok", 0)),
+            num_experts=int(raw.get("num_local_experts") or raw.get("num_experts") or raw.get("n_routed_experts") or 0),
+            experts_per_token=int(raw.get("num_experts_per_tok") or 0),
+            # Mixtral's experts are intermediate_size wide and always renormalised.
+            moe_intermediate_size=moe_width,
+            shared_expert_intermediate_size=int(raw.get("shared_expert_intermediate_size")
+                                                or moe_width * int(raw.get("n_shared_experts") or 0)),
+            norm_topk_prob=bool(raw.get("norm_topk_prob", arch == "MixtralForCausalLM")),
+            decoder_sparse_step=int(raw.get("decoder_sparse_step") or raw.get("moe_layer_freq") or 1),
+            # DeepSeek: the first first_k_dense_replace layers are dense.
+            mlp_only_layers=tuple(int(i) for i in raw.get("mlp_only_layers")
+                                  or range(int(raw.get("first_k_dense_replace") or 0))),
+            clip_qkv=raw.get("clip_qkv"),
+            kv_lora_rank=mla,
+            q_lora_rank=int(raw.get("q_lora_rank") or 0),
+            qk_rope_head_dim=int(raw.get("qk_rope_head_dim") or 0),
+            v_head_dim=int(raw.get("v_head_dim") or 0),
         )
 
     @classmethod
@@ -89,6 +121,13 @@ class ModelConfig:
         if self.architecture not in SUPPORTED_ARCHITECTURES:
             raise ModelLoadError(f"architecture {self.architecture} is not supported; "
                                  f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+        if self.clip_qkv is not None:
+            raise ModelLoadError(f"clip_qkv={self.clip_qkv} in config.json is not supported; "
+                                 "mgpud serves OLMoE checkpoints without a q/k/v clamp")
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return (self.num_experts > 0 and layer not in self.mlp_only_layers
+                and (layer + 1) % self.decoder_sparse_step == 0)
 
     def resolve_max_model_len(self, wanted: int | None) -> int:
         # Within a sliding window, full attention is exact; past it, we would be wrong.
@@ -107,19 +146,45 @@ class ModelConfig:
                     f"{self.num_kv_heads} KV heads")
         return None
 
-    def param_count(self) -> int:
-        """Parameters of the whole model (embeddings counted once when tied)."""
-        h, i, v = self.hidden_size, self.intermediate_size, self.vocab_size
-        q = self.num_heads * self.head_dim
-        kv = self.num_kv_heads * self.head_dim
-        attn = h * (q + 2 * kv) + q * h + (q + 2 * kv if self.qkv_bias else 0)
-        mlp = 3 * h * i * max(1, self.num_experts) + (h * self.num_experts if self.num_experts else 0)
-        per_layer = attn + mlp + 2 * h
-        embed = v * h * (1 if self.tie_word_embeddings else 2)
-        return self.num_layers * per_layer + embed + h
+    def moe_layers(self) -> int:
+        return sum(self.is_moe_layer(n) for n in range(self.num_layers))
+
+    def attention_params(self) -> int:
+        """One layer's attention projections, with their biases."""
+        h, heads, d = self.hidden_size, self.num_heads, self.head_dim
+        if self.kv_lora_rank:  # MLA: low-rank q, a shared latent for k/v, per-head up-projections
+            r, rope = self.kv_lora_rank, self.qk_rope_head_dim
+            q = h * self.q_lora_rank + self.q_lora_rank * heads * d if self.q_lora_rank else h * heads * d
+            return q + h * (r + rope) + r * heads * (d - rope + self.v_head_dim) + heads * self.v_head_dim * h
+        q, kv = heads * d, self.num_kv_heads * d
+        return h * (q + 2 * kv) + q * h + (q + 2 * kv if self.qkv_bias else 0)
+
+    def expert_params(self) -> int:
+        """One routed expert's matrices (gate, up, down)."""
+        return 3 * self.hidden_size * self.moe_intermediate_size
+
+    def mlp_params(self, active: bool = False) -> int:
+        """Every layer's MLP matrices: all experts, or (active) those one token runs."""
+        routed = self.experts_per_token if active else self.num_experts
+        moe = self.expert_params() * routed + 3 * self.hidden_size * self.shared_expert_intermediate_size
+        moe_layers = self.moe_layers()
+        return moe * moe_layers + 3 * self.hidden_size * self.intermediate_size * (self.num_layers - moe_layers)
+
+    def replicated_params(self) -> int:
+        """Norms and MoE routers: whole on every rank."""
+        return (2 * self.num_layers + 1) * self.hidden_size + self.moe_layers() * self.hidden_size * self.num_experts
+
+    def param_count(self, active: bool = False) -> int:
+        """Parameters of the whole model (embeddings counted once when tied); `active`: those
+        one token computes with (the experts it is routed to, not all of them)."""
+        embed = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+        return self.num_layers * self.attention_params() + self.mlp_params(active) + self.replicated_params() + embed
 
     def kv_bytes_per_token(self, dtype_bytes: int, tp: int = 1) -> int:
-        """K and V bytes one token occupies on one rank of a tp-way replica."""
+        """K and V bytes one token occupies on one rank of a tp-way replica. MLA caches one
+        latent per token and layer, the same on every rank."""
+        if self.kv_lora_rank:
+            return self.num_layers * (self.kv_lora_rank + self.qk_rope_head_dim) * dtype_bytes
         return 2 * self.num_layers * (self.num_kv_heads // tp) * self.head_dim * dtype_bytes
 
 
@@ -140,6 +205,7 @@ class EngineConfig:
     threads_per_device: int = 1
     enable_prefix_caching: bool = True
     enforce_eager: bool = False  # True: no CUDA graphs for decode steps (CPU devices never use them)
+    enable_expert_parallel: bool = False  # MoE: whole experts per rank instead of slices of all
 
     def check(self) -> None:
         problems = []

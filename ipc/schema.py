@@ -116,6 +116,8 @@ _ENGINE_LIMITS = {
                               help="fraction of each device's memory the model may use"),
     "kv_cache_memory": Arg("int", low=1, help="KV cache bytes per rank; overrides profiling"),
     "dtype": Arg("str", choices=DTYPES, help="weights and activations dtype; default fp32 on CPU, bf16 on GPU"),
+    "enable_expert_parallel": Arg("bool", help="MoE models: each rank holds whole experts (expert e of E on "
+                                               "rank e * tp // E) instead of a slice of every expert"),
 }
 
 OPS: dict[str, Op] = {
@@ -152,9 +154,11 @@ OPS: dict[str, Op] = {
     ),
     "reconfigure": Op(
         "Change a loaded model's shape (tp, dp) while it serves; streams progress and replica events.",
-        {"name": Arg("name", required=True), "tp": Arg("int", low=1, high=1024), "dp": Arg("int", low=1, high=1024)},
+        {"name": Arg("name", required=True), "tp": Arg("int", low=1, high=1024), "dp": Arg("int", low=1, high=1024),
+         "enable_expert_parallel": Arg("bool", help="MoE models: true places whole experts on ranks, false "
+                                                    "shards every expert; omitted: as it is")},
         streams=True,
-        at_least_one_of=("tp", "dp"),
+        at_least_one_of=("tp", "dp", "enable_expert_parallel"),
     ),
     "generate": Op(
         "Generate text; streams token frames unless stream is false, then a final result.",

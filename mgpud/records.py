@@ -41,6 +41,11 @@ class RankFigures:
     # seconds in steps, and in the model's forward passes within them (the rest: overhead)
     step_seconds_total: float = 0.0
     forward_seconds_total: float = 0.0
+    # MoE: token-to-expert assignments summed over layers (tokens x top-k x MoE layers), and
+    # their load balance, vLLM EPLB's mean/max tokens per EP rank (per expert without EP),
+    # averaged over layers: 1.0 even, 1/ranks all on one; None for a dense model
+    expert_tokens_total: int = 0
+    expert_balance: float | None = None
 
     @property
     def kv_headroom(self) -> float | None:  # fraction of KV blocks free
@@ -48,7 +53,8 @@ class RankFigures:
 
 
 GAUGES = ("running", "waiting", "kv_blocks_used", "kv_blocks_total")  # a group's are its replicas' sum
-COUNTERS = tuple(f.name for f in dataclasses.fields(RankFigures) if f.name not in GAUGES + ("peak_running",))
+COUNTERS = tuple(f.name for f in dataclasses.fields(RankFigures)
+                 if f.name not in GAUGES + ("peak_running", "expert_balance"))
 
 
 LATENCIES = ("ttft", "tpot", "e2e", "queue")  # time to first token, per output token, end to end, queued
@@ -92,6 +98,7 @@ class ModelFigures(RequestFigures, RankFigures):
     state: str = "ready"  # ready, degraded, failed, reconfiguring
     max_model_len: int | None = None
     held: int = 0  # requests waiting in the group for a replica of the new shape
+    expert_parallel: bool = False  # MoE: whole experts on ranks rather than every expert sharded
     replicas: list[ReplicaFigures] = field(default_factory=list)
 
 

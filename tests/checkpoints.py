@@ -29,7 +29,7 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
-ARCHITECTURES = ("llama", "mistral", "qwen2")
+ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
 
 _PRETOKENIZE_REGEX = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
@@ -64,6 +64,24 @@ _HF_CLASSES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM"),
     "mistral": ("MistralConfig", "MistralForCausalLM"),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM"),
+    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM"),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM"),
+    "olmoe": ("OlmoeConfig", "OlmoeForCausalLM"),
+}
+
+# Each family's own knobs, small: 4-8 experts, top-2, experts half the dense MLP's width.
+# Qwen2-MoE keeps layer 0 dense (mlp_only_layers) and has a shared expert; Qwen3-MoE
+# renormalises the chosen weights, OLMoE does not.
+_ARCH_EXTRAS: dict[str, dict[str, Any]] = {
+    "qwen3": {"head_dim": 16},
+    "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2},
+    "qwen2_moe": {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                  "shared_expert_intermediate_size": 48, "mlp_only_layers": [0]},
+    "qwen3_moe": {"head_dim": 16, "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                  "norm_topk_prob": True},
+    "olmoe": {"num_experts": 8, "num_experts_per_tok": 2, "intermediate_size": 32},
 }
 
 
@@ -123,17 +141,18 @@ def make_tiny_checkpoint(
     rope_scaling: dict[str, Any] | None = None,
     seed: int = 0,
 ) -> Path:
-    """A float32 random `arch` model ("llama", "mistral", "qwen2") saved in `path`."""
+    """A float32 random `arch` model (one of ARCHITECTURES) saved in `path` as the hub has it
+    (MoE experts as per-expert tensors)."""
     import transformers
 
     if arch not in _HF_CLASSES:
         raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHITECTURES}")
     config_cls, model_cls = (getattr(transformers, name) for name in _HF_CLASSES[arch])
     vocab = write_tokenizer(path)
+    extras = {"intermediate_size": intermediate, **_ARCH_EXTRAS.get(arch, {})}
     config = config_cls(
         vocab_size=vocab,
         hidden_size=hidden,
-        intermediate_size=intermediate,
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
@@ -143,6 +162,7 @@ def make_tiny_checkpoint(
         bos_token_id=BOS_ID,
         eos_token_id=EOS_ID,
         dtype="float32",
+        **extras,
     )
     if rope_scaling is not None:
         # transformers 5 keeps rope_theta and the scaling in one rope_parameters dict.

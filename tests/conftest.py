@@ -49,3 +49,11 @@ def demo_model() -> Path:
     from mgpud.engine.store.demo import demo_model_dir
 
     return demo_model_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_moe_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Random float32 checkpoints of dense Qwen3 and the mixture-of-experts families."""
+    root = tmp_path_factory.mktemp("moe")
+    archs = ("qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+    return {arch: make_tiny_checkpoint(root / arch, arch, seed=10 + n) for n, arch in enumerate(archs)}

@@ -118,12 +118,24 @@ def check_gpu_engine(r: dict[str, Any]) -> None:
                        for b in model[mode] if b.startswith("batch_"))
 
 
+def check_moe_combine(r: dict[str, Any]) -> None:
+    assert r["tokens"]
+    for row in r["tokens"].values():
+        assert positive(row["allreduce_us"]) and positive(row["all_to_all_us"])
+
+
+def check_moe(r: dict[str, Any]) -> None:
+    for shape in ("tp2_sharded", "tp2_ep", "tp1_dp2"):
+        assert positive(r[shape]["tokens_per_s"]) and 0 < r[shape]["expert_balance"] <= 1, shape
+
+
 CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
     "throughput": check_throughput, "scaling": check_scaling, "kernels": check_kernels,
     "control_latency": check_control_latency, "http_overhead": check_http_overhead,
     "step_overhead": check_step_overhead,
     "kv_efficiency": check_kv_efficiency, "memory_overhead": check_memory_overhead,
     "load_time": check_load_time, "serving": check_serving, "gpu_engine": check_gpu_engine,
+    "moe_combine": check_moe_combine, "moe": check_moe,
 }
 
 

@@ -29,12 +29,22 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_loads_in_transformers(tiny: dict[str, Path], arch: str) -> None:
     model = hf_model(tiny[arch])
-    expected = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+    expected = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                "qwen3": "Qwen3ForCausalLM", "mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",
+                "qwen3_moe": "Qwen3MoeForCausalLM", "olmoe": "OlmoeForCausalLM"}
     assert type(model).__name__ == expected[arch]
     config = json.loads((tiny[arch] / "config.json").read_text())
     assert config["vocab_size"] == Tokenizer.from_file(str(tiny[arch] / "tokenizer.json")).get_vocab_size()
     assert config["dtype"] == "float32" and config["initializer_range"] == 0.08
     assert json.loads((tiny[arch] / "generation_config.json").read_text())["eos_token_id"] == EOS_ID
+
+
+@pytest.mark.parametrize("arch, fragment", [("mixtral", "block_sparse_moe.experts.3.w2.weight"),
+                                            ("qwen3_moe", "mlp.experts.7.down_proj.weight")])
+def test_moe_checkpoints_hold_one_tensor_per_expert(tiny: dict[str, Path], arch: str, fragment: str) -> None:
+    """As the hub has them, not transformers 5's in-memory stacked experts."""
+    with safe_open(tiny[arch] / "model.safetensors", "pt") as f:
+        assert f"model.layers.1.{fragment}" in f.keys()
 
 
 def test_qwen2_biases_are_nonzero(tiny: dict[str, Path]) -> None:

@@ -238,7 +238,7 @@ def test_ps(daemon: Daemon, served: dict[str, Any]) -> None:
     assert result.exit_code == 0
     header, row = result.stdout.splitlines()
     assert header.split() == ["NAME", "REPLICA", "TP", "x", "DP", "DEVICES", "STATE", "MEMORY", "KV", "USE",
-                              "RUN/WAIT", "TOK/S", "TTFT", "P95", "PIDS"]
+                              "RUN/WAIT", "TOK/S", "TTFT", "P95", "EXPERT", "BAL", "PIDS"]
     cells = row.split()
     assert cells[:7] == ["tiny", "0", "1", "x", "1", "cpu:0", "ready"]
     assert cells[-1] == str(served["stats"]["replicas"][0]["pids"][0])

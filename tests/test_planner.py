@@ -197,7 +197,7 @@ def test_fmt_bytes(n, text):
 def test_to_dict_is_json():
     data = json.loads(json.dumps(plan("Mixtral-8x7B", "4xH100-PCIe").to_dict()))
     assert data["chosen"] == [4, 1] and data["impossible"] == {"3": data["impossible"]["3"]}
-    assert any("does not serve it yet" in n for n in data["notes"])  # MoE: planned, not served
+    assert not any("does not serve it yet" in n for n in data["notes"])  # Mixtral is served
     assert data["shapes"][0]["weights_per_device"] > 0
 
 

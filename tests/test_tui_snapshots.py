@@ -180,7 +180,7 @@ MODEL_COLUMNS = {
     80: ["MODEL", "TPxDP", "STATE", "KV HEADROOM", "RUN/WAIT", "TOK/S", "TTFT p50/p95 ms"],
     120: ["MODEL", "TPxDP", "DEVICES", "STATE", "KV HEADROOM", "RUN/WAIT", "TOK/S", "TTFT p50/p95 ms", "ERROR"],
     200: ["MODEL", "TPxDP", "DEVICES", "STATE", "KV HEADROOM", "RUN/WAIT", "TOK/S", "TTFT p50/p95 ms", "MAX LEN",
-          "PIDS", "ERROR"],
+          "EXPERT BAL", "PIDS", "ERROR"],
 }
 # KV headroom: the share of KV blocks free (smol 700 of 2000 used; r0 600 of 1000; r1 100 of 1000).
 HEADROOM = {
@@ -191,13 +191,16 @@ HEADROOM = {
 ERRORS = {80: None, 120: "worker pid 4101 exited with…", 200: RESTARTED}  # no column at 80; cut to its width
 MODELS = {  # the last telemetry: 110 tok/s, TTFT p95 124 ms; replica rows under smol
     "smol": {"MODEL": "smol", "TPxDP": "1x2", "DEVICES": "cpu:0,cpu:1", "STATE": "ready", "RUN/WAIT": "6/2",
-             "TOK/S": "110.0", "TTFT p50/p95 ms": "35/124", "MAX LEN": "2048", "PIDS": "4100 4101", "ERROR": ""},
+             "TOK/S": "110.0", "TTFT p50/p95 ms": "35/124", "MAX LEN": "2048", "EXPERT BAL": "–", "PIDS": "4100 4101",
+             "ERROR": ""},
     " └ r0": {"MODEL": " └ r0", "TPxDP": "1x1", "DEVICES": "cpu:0", "STATE": "ready", "RUN/WAIT": "4/0",
-              "TOK/S": "66.0", "TTFT p50/p95 ms": "46/91", "MAX LEN": "", "PIDS": "", "ERROR": ""},
+              "TOK/S": "66.0", "TTFT p50/p95 ms": "46/91", "MAX LEN": "", "EXPERT BAL": "–", "PIDS": "",
+              "ERROR": ""},
     " └ r1": {"MODEL": " └ r1", "TPxDP": "1x1", "DEVICES": "cpu:1", "STATE": "ready", "RUN/WAIT": "2/0",
-              "TOK/S": "44.0", "TTFT p50/p95 ms": "36/71", "MAX LEN": "", "PIDS": ""},
+              "TOK/S": "44.0", "TTFT p50/p95 ms": "36/71", "MAX LEN": "", "EXPERT BAL": "–", "PIDS": ""},
     "tiny": {"MODEL": "tiny", "TPxDP": "1x1", "DEVICES": "cpu:2", "STATE": "load 45%", "RUN/WAIT": "–/–",
-             "TOK/S": "–", "TTFT p50/p95 ms": "–/–", "MAX LEN": "–", "PIDS": "", "ERROR": ""},
+             "TOK/S": "–", "TTFT p50/p95 ms": "–/–", "MAX LEN": "–", "EXPERT BAL": "–", "PIDS": "",
+             "ERROR": ""},
 }
 
 EVENTS = [

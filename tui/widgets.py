@@ -188,6 +188,10 @@ def _run_wait(f: Figures | None) -> str:
     return f"{render.NONE}/{render.NONE}" if f is None else f"{f.running}/{f.waiting}"
 
 
+def _balance(f: Figures | None) -> str:  # MoE expert load balance, 1.00 = even
+    return render.NONE if f is None or f.expert_balance is None else f"{f.expert_balance:.2f}"
+
+
 def _ttft(f: Figures | None) -> str:
     return f"{render.millis(f.ttft_p50_ms if f else None)}/{render.millis(ttft_p95_ms(f))}"
 
@@ -211,6 +215,7 @@ class ModelsTable(_Panel[_Line]):
         ("TOK/S", ALL, lambda line, mode: render.rate(tokens_per_s(line.figures))),
         ("TTFT p50/p95 ms", ALL, lambda line, mode: _ttft(line.figures)),
         ("MAX LEN", (WIDE,), lambda line, mode: line.max_model_len),
+        ("EXPERT BAL", (WIDE,), lambda line, mode: _balance(line.figures)),
         ("PIDS", (WIDE,), lambda line, mode: " ".join(map(str, line.pids))),
         ("ERROR", (NORMAL, WIDE), lambda line, mode: Text(render.clip(line.error, ERROR[mode]), style="red")),
     )

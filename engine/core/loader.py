@@ -8,6 +8,7 @@ read). Progress is reported in checkpoint bytes and tensors walked.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -79,11 +80,23 @@ def _headers(file: Path) -> dict[str, dict]:
     return meta
 
 
-def _target(name: str, packed: dict[str, tuple[str, int]]) -> tuple[str, int]:
-    for part, (fused, shard) in packed.items():
+_EXPERT = re.compile(r"\.experts\.(\d+)\.")
+
+
+def _target(name: str, model: nn.Module) -> tuple[str, int | tuple[int, int]]:
+    """Our parameter for checkpoint tensor `name`, and the shard its loader gets: the part
+    of a fused tensor, or (expert, part) for one expert's tensor of a stacked parameter."""
+    for theirs, ours in model.renamed.items():
+        name = name.replace(f".{theirs}.", f".{ours}.")
+    expert = _EXPERT.search(name)
+    if expert:
+        name = name.replace(expert[0], ".experts.")
+    shard = 0
+    for part, (fused, index) in model.packed.items():
         if f".{part}." in name:
-            return name.replace(f".{part}.", f".{fused}."), shard
-    return name, 0
+            name, shard = name.replace(f".{part}.", f".{fused}."), index
+            break
+    return name, (int(expert[1]), shard) if expert else shard
 
 
 def load_weights(model: nn.Module, model_dir: Path,
@@ -98,7 +111,7 @@ def load_weights(model: nn.Module, model_dir: Path,
     for file in files:
         with safe_open(str(file), framework="pt") as f:
             for name, header in headers[file].items():
-                target, shard = _target(name, model.packed)
+                target, shard = _target(name, model)
                 param = params.get(target)
                 if param is not None:
                     param.weight_loader(param, f.get_slice(name), shard)

@@ -15,6 +15,7 @@ from ..config import ModelConfig
 from .batch import StepInput, to_device
 from .cuda_graphs import DecodeGraphs, capture_decode_graphs
 from .layers.attention import AttentionMetadata, KVCache
+from .layers.moe import SparseMoE, balance
 from .loader import load_weights
 from .memory import peak_rss
 from .models import model_class
@@ -26,7 +27,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class ModelRunner:
     def __init__(self, model_cfg: ModelConfig, model_dir: Path, group: TPGroup, device: torch.device,
                  dtype: str, max_model_len: int, block_size: int,
-                 progress: Callable[[LoadProgress], None] | None = None):
+                 progress: Callable[[LoadProgress], None] | None = None, expert_parallel: bool = False):
         self.cfg = model_cfg
         self.group = group
         self.device = device
@@ -34,10 +35,20 @@ class ModelRunner:
         self.block_size = block_size
         self.max_model_len = max_model_len
         with torch.device(device):
-            self.model = model_class(model_cfg)(model_cfg, group, self.dtype, max_model_len)
+            self.model = model_class(model_cfg)(model_cfg, group, self.dtype, max_model_len, expert_parallel)
         load_weights(self.model, model_dir, progress)
         self.caches: list[KVCache] = []
         self.graphs: DecodeGraphs | None = None  # decode steps replay these once captured
+        self.moe_layers = [m for m in self.model.modules() if isinstance(m, SparseMoE)]
+        # Load balance is over the units that share the experts' work: ranks under EP.
+        self.balance_units = group.size if expert_parallel else model_cfg.num_experts
+
+    def expert_load(self) -> tuple[int, float | None]:
+        """(token-to-expert assignments so far, summed over the MoE layers; their balance)."""
+        if not self.moe_layers:
+            return 0, None
+        counts = torch.stack([m.tokens_per_expert for m in self.moe_layers])
+        return int(counts.sum()), balance(counts, self.balance_units)
 
     @property
     def weight_bytes(self) -> int:
@@ -94,6 +105,8 @@ class ModelRunner:
             yield
         finally:
             self.caches = []
+            for m in self.moe_layers:  # the profile's dummy tokens are no load
+                m.tokens_per_expert.zero_()
 
     def _profile_lengths(self, num_tokens: int, max_num_seqs: int) -> list[int]:
         per_seq = max(1, min(self.max_model_len, -(-num_tokens // max_num_seqs)))

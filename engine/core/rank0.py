@@ -123,10 +123,11 @@ class Rank0Loop:
     def stats(self) -> RankFigures:
         blocks = self.scheduler.blocks
         used, total = blocks.usage()
+        routed, balanced = self.runner.expert_load()
         return RankFigures(running=len(self.scheduler.running), waiting=len(self.scheduler.waiting),
                            kv_blocks_used=used, kv_blocks_total=total,
                            prefix_cache_queries=blocks.prefix_queries, prefix_cache_hits=blocks.prefix_hits,
                            preemptions=self.scheduler.num_preemptions, prompt_tokens_total=self.prompt_tokens,
                            generation_tokens_total=self.generated_tokens, steps_total=self.steps,
                            step_seconds_total=self.step_seconds, forward_seconds_total=self.forward_seconds,
-                           peak_running=self.peak_running)
+                           peak_running=self.peak_running, expert_tokens_total=routed, expert_balance=balanced)

@@ -82,7 +82,8 @@ class Worker:
             self._init_distributed()
         progress = self._progress if a.rank == 0 else None
         self.runner = ModelRunner(a.model, Path(a.model_dir), self.group, self.device, a.dtype,
-                                  a.max_model_len, a.config.block_size, progress)
+                                  a.max_model_len, a.config.block_size, progress,
+                                  a.config.enable_expert_parallel)
         graphs = self.device.type == "cuda" and not a.config.enforce_eager
         peak = graph_reserve = 0  # an explicit KV budget needs no measurement (and saves a full-size forward)
         if a.config.kv_cache_memory is None:

@@ -3,6 +3,10 @@
 Memory per device ~ weights / tp + KV cache (the seeds' rule), checked against the share
 of each device the model may use. Decode throughput is a roofline estimate: the slower of
 compute and memory traffic, plus two all-reduces per layer that nothing overlaps.
+Mixture-of-experts models hold every expert and compute with the active ones; with expert
+parallelism each rank holds whole experts and a MoE layer's all-reduce becomes an
+all-to-all dispatch and combine of each token's hidden state to its top-k experts, as on
+GPUs (the CPU engine combines with an all-reduce: engine/core/layers/moe.py).
 Activations are left out: the engine profiles them at load time and takes them from the
 KV room, so the KV figures here are what profiling starts from.
 """
@@ -27,6 +31,9 @@ DTYPES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}  # bytes per wei
 _DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16",
                   "half": "fp16", "float8": "fp8"}
 MIN_GAIN = 0.10  # a larger tp must add this much decode throughput to count as an improvement
+# Architectures whose parameter and KV layouts the formulas below know: what the engine
+# serves, and two it plans for without serving (MLA attention; gpt-oss's experts).
+MODELLED_ARCHITECTURES = SUPPORTED_ARCHITECTURES + ("DeepseekV3ForCausalLM", "GptOssForCausalLM")
 
 
 class PlanError(EngineError):
@@ -59,16 +66,24 @@ class ParamGroups:
 
 
 def param_groups(cfg: ModelConfig) -> ParamGroups:
-    h, layers = cfg.hidden_size, cfg.num_layers
-    q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-    linear = layers * (h * (q + 2 * kv) + q * h + 3 * h * cfg.intermediate_size * max(1, cfg.num_experts))
-    replicated = (2 * layers + 1) * h + layers * h * cfg.num_experts
+    linear = cfg.num_layers * cfg.attention_params() + cfg.mlp_params()
+    replicated = cfg.replicated_params()
     return ParamGroups(linear, cfg.param_count() - linear - replicated, replicated)
 
 
-def weight_bytes(cfg: ModelConfig, dtype: str, tp: int) -> int:  # bytes per device
-    g, wide = param_groups(cfg), activation_bytes(dtype)
-    return _ceil_div(g.linear * DTYPES[dtype], tp) + _ceil_div(g.sharded * wide, tp) + g.replicated * wide
+def routed_expert_params(cfg: ModelConfig) -> int:
+    return cfg.moe_layers() * cfg.expert_params() * cfg.num_experts
+
+
+def weight_bytes(cfg: ModelConfig, dtype: str, tp: int, expert_parallel: bool = False) -> int:  # per device
+    g, wide, narrow = param_groups(cfg), activation_bytes(dtype), DTYPES[dtype]
+    experts = routed_expert_params(cfg)
+    if expert_parallel:  # the fullest rank holds ceil(E / tp) whole experts
+        held = cfg.moe_layers() * cfg.expert_params() * _ceil_div(cfg.num_experts, tp) * narrow
+    else:
+        held = _ceil_div(experts * narrow, tp)
+    return (_ceil_div((g.linear - experts) * narrow, tp) + held + _ceil_div(g.sharded * wide, tp)
+            + g.replicated * wide)
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -79,10 +94,24 @@ def kv_bytes_per_token(cfg: ModelConfig, dtype: str, tp: int) -> int:  # bytes p
     return cfg.kv_bytes_per_token(activation_bytes(dtype), tp)
 
 
-def allreduce_bytes_per_token(cfg: ModelConfig, dtype: str, tp: int) -> int:  # bytes each device sends
-    # Two all-reduces of a hidden-size vector per layer; a ring sends 2(tp-1)/tp of each.
+def allreduce_bytes_per_token(cfg: ModelConfig, dtype: str, tp: int, expert_parallel: bool = False) -> int:
+    """Bytes each device sends: two all-reduces of a hidden-size vector per layer (a ring
+    sends 2(tp-1)/tp of each), less the MoE layers' under expert parallelism."""
     message = cfg.hidden_size * activation_bytes(dtype)
-    return 2 * cfg.num_layers * 2 * (tp - 1) * message // tp
+    return _allreduces(cfg, expert_parallel) * 2 * (tp - 1) * message // tp
+
+
+def all_to_all_bytes_per_token(cfg: ModelConfig, dtype: str, tp: int, expert_parallel: bool) -> int:
+    """Bytes each device sends under expert parallelism: per MoE layer, the token's hidden
+    state out to its top-k experts and their outputs back, (tp-1)/tp of them on other ranks."""
+    if not expert_parallel:
+        return 0
+    message = cfg.hidden_size * activation_bytes(dtype)
+    return cfg.moe_layers() * 2 * cfg.experts_per_token * (tp - 1) * message // tp
+
+
+def _allreduces(cfg: ModelConfig, expert_parallel: bool) -> int:  # per token, all layers
+    return 2 * cfg.num_layers - (cfg.moe_layers() if expert_parallel else 0)
 
 
 @dataclass(frozen=True)
@@ -103,35 +132,38 @@ class StepTime:
 
 
 def decode_step(cfg: ModelConfig, hw: Hardware, dtype: str, tp: int, batch: int,
-                context: int) -> StepTime:
+                context: int, expert_parallel: bool = False) -> StepTime:
     """One decode step of `batch` sequences holding `context` tokens each, on a tp-way replica."""
     h, layers = cfg.hidden_size, cfg.num_layers
-    q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-    per_layer = h * (q + 2 * kv) + q * h + 3 * h * cfg.intermediate_size * (cfg.experts_per_token or 1)
-    flop = 2 * (layers * per_layer + cfg.vocab_size * h) + 4 * context * q * layers  # per token
+    q = cfg.num_heads * cfg.head_dim
+    matrices = layers * cfg.attention_params() + cfg.mlp_params(active=True) + cfg.vocab_size * h
+    flop = 2 * matrices + 4 * context * q * layers  # per token
     # 8-bit weights are dequantized into 16-bit matmuls (weight-only), so they run at 16-bit rates.
     compute = batch * flop / tp / (hw.flops32 if dtype == "fp32" else hw.flops16)
-    weights = weight_bytes(cfg, dtype, tp) - _unread_expert_bytes(cfg, dtype, tp, batch)
+    weights = weight_bytes(cfg, dtype, tp, expert_parallel) - _unread_expert_bytes(cfg, dtype, tp, batch)
     memory = (weights + batch * context * kv_bytes_per_token(cfg, dtype, tp)) / hw.memory_bandwidth
     comm = 0.0
     if tp > 1:
-        ring = 2 * (tp - 1) / tp * batch * h * activation_bytes(dtype)
-        comm = 2 * layers * (hw.link_latency + ring / hw.link_bandwidth)
+        message = batch * h * activation_bytes(dtype)
+        ring = 2 * (tp - 1) / tp * message
+        comm = _allreduces(cfg, expert_parallel) * (hw.link_latency + ring / hw.link_bandwidth)
+        if expert_parallel:  # dispatch and combine per MoE layer
+            spread = cfg.experts_per_token * (tp - 1) / tp * message
+            comm += cfg.moe_layers() * 2 * (hw.link_latency + spread / hw.link_bandwidth)
     return StepTime(compute, memory, comm)
 
 
 def _unread_expert_bytes(cfg: ModelConfig, dtype: str, tp: int, batch: int) -> float:  # bytes
     if not cfg.num_experts:
         return 0.0
-    experts = cfg.num_layers * 3 * cfg.hidden_size * cfg.intermediate_size * cfg.num_experts
     idle = (1 - cfg.experts_per_token / cfg.num_experts) ** batch  # chance no sequence picks an expert
-    return experts * DTYPES[dtype] / tp * idle
+    return routed_expert_params(cfg) * DTYPES[dtype] / tp * idle
 
 
 def knee_tp(cfg: ModelConfig, hw: Hardware, dtype: str, tps: list[int], batch: int,
-            context: int) -> int:
+            context: int, expert_parallel: bool = False) -> int:
     """The tp past which the next valid tp adds less than MIN_GAIN decode throughput per replica."""
-    rates = [batch / decode_step(cfg, hw, dtype, tp, batch, context).total for tp in tps]
+    rates = [batch / decode_step(cfg, hw, dtype, tp, batch, context, expert_parallel).total for tp in tps]
     return next((tps[i] for i in range(len(tps) - 1) if rates[i + 1] < rates[i] * (1 + MIN_GAIN)),
                 tps[-1])
 
@@ -151,6 +183,7 @@ class Shape:
     sequences: int  # max_model_len sequences one replica holds
     allreduce_bytes_per_token: int  # bytes each device sends per generated token
     allreduce_bytes_per_step: int  # the same for one decode step of `batch` sequences
+    all_to_all_bytes_per_token: int  # expert parallel: MoE dispatch and combine bytes each device sends
     batch: int  # sequences per replica in the estimate: min(concurrency, sequences)
     tokens_per_s: float | None  # decode estimate, all replicas; None without hardware figures
     bound: str | None  # what limits a decode step: "compute", "memory" or "interconnect"
@@ -161,6 +194,7 @@ class Plan:
     model: str
     architecture: str
     params: int
+    active_params: int  # those one token computes with: MoE models run top-k experts of all
     devices: str
     device_count: int
     device_memory: int  # bytes per device
@@ -177,6 +211,7 @@ class Plan:
     chosen: tuple[int, int] | None  # (tp, dp)
     reasons: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    expert_parallel: bool = False  # MoE experts placed whole on ranks
 
     @property
     def chosen_shape(self) -> Shape | None:
@@ -205,13 +240,15 @@ class _Ask:
     batched_tokens: int  # the engine's max_num_batched_tokens: the profiled step
     max_seqs: int  # the engine's max_num_seqs: rows of logits in that step
     kv_cache_memory: int | None  # bytes per device when set explicitly (no profiling then)
+    expert_parallel: bool  # MoE: whole experts per rank (all-to-all traffic) instead of slices
 
 
 def plan(model: ModelConfig | str | Path, devices: DeviceSet | str | None = None, *,
          dtype: str | None = None, max_model_len: int | None = None, concurrency: int = 16,
          memory_utilization: float = 0.9, tp: int = 0, dp: int = 0, block_size: int = 16,
          device_memory: int | None = None, max_num_seqs: int = 256,
-         max_num_batched_tokens: int = 2048, kv_cache_memory: int | None = None) -> Plan:
+         max_num_batched_tokens: int = 2048, kv_cache_memory: int | None = None,
+         enable_expert_parallel: bool = False) -> Plan:
     """Every (tp, dp) shape for `model` on `devices`, and the one to use.
 
     model: a ModelConfig, a model directory, a config.json, or a preset name.
@@ -221,25 +258,35 @@ def plan(model: ModelConfig | str | Path, devices: DeviceSet | str | None = None
     tp, dp: 0 = automatic.
     device_memory: bytes per CPU device (default: a share of RAM).
     kv_cache_memory: KV bytes per device, as a load with that setting would allocate.
+    enable_expert_parallel: MoE experts placed whole, expert e of E on rank e * tp // E.
     """
     _check_knobs(max_model_len, concurrency, memory_utilization, tp, dp, block_size)
     cfg, label = load_model(model)
+    if enable_expert_parallel and not cfg.num_experts:
+        raise PlanError(f"{label}: expert parallelism needs a mixture-of-experts model; {cfg.architecture} "
+                        "is dense: plan it without --enable-expert-parallel")
+    if cfg.architecture not in MODELLED_ARCHITECTURES:
+        raise PlanError(f"{label}: the planner cannot model architecture {cfg.architecture} (its parameter and "
+                        f"KV-cache layout are unknown to it) and gives no figures rather than wrong ones; "
+                        f"it models {', '.join(MODELLED_ARCHITECTURES)}")
     pool = devices if isinstance(devices, DeviceSet) else device_set(devices, device_memory)
     wdtype = normalize_dtype(dtype or default_dtype(pool.kind == "cuda"))  # the engine's default
     ask = _Ask(cfg, pool.hardware, wdtype, device_budget(pool, memory_utilization),
                max_model_len or cfg.max_position_embeddings, concurrency, block_size,
-               max_num_batched_tokens, max_num_seqs, kv_cache_memory)
+               max_num_batched_tokens, max_num_seqs, kv_cache_memory, enable_expert_parallel)
     valid = cfg.valid_tp_degrees(pool.count)
     shapes = [_shape(ask, t, d) for t in valid for d in range(1, pool.count // t + 1)]
-    knee = knee_tp(cfg, ask.hw, wdtype, valid, concurrency, ask.length // 2) if ask.hw else None
+    knee = (knee_tp(cfg, ask.hw, wdtype, valid, concurrency, ask.length // 2, enable_expert_parallel)
+            if ask.hw else None)
     chosen, reasons = (_explicit(ask, shapes, pool.count, tp, dp) if tp
                        else _auto(ask, shapes, pool, dp))
     if chosen and knee and (text := _knee_reason(chosen[0], knee, valid)):
         reasons.append(text)
-    return Plan(label, cfg.architecture, cfg.param_count(), pool.label, pool.count, pool.memory,
+    return Plan(label, cfg.architecture, cfg.param_count(), cfg.param_count(active=True), pool.label, pool.count,
+                pool.memory,
                 ask.budget, wdtype, kv_dtype(wdtype), ask.length, concurrency, memory_utilization,
                 block_size, shapes, _impossible(cfg, pool.count), knee, chosen, reasons,
-                list(pool.notes) + _notes(ask))
+                list(pool.notes) + _notes(ask), enable_expert_parallel)
 
 
 def _check_knobs(max_model_len: int | None, concurrency: int, utilization: float, tp: int,
@@ -298,7 +345,7 @@ def activation_peak_bytes(cfg: ModelConfig, dtype: str, tp: int, batched_tokens:
 
 
 def _shape(ask: _Ask, tp: int, dp: int) -> Shape:
-    weights = weight_bytes(ask.cfg, ask.dtype, tp)
+    weights = weight_bytes(ask.cfg, ask.dtype, tp, ask.expert_parallel)
     per_token = kv_bytes_per_token(ask.cfg, ask.dtype, tp)
     if ask.kv_cache_memory is not None:
         room = ask.kv_cache_memory
@@ -308,13 +355,19 @@ def _shape(ask: _Ask, tp: int, dp: int) -> Shape:
     tokens = room // (per_token * ask.block_size) * ask.block_size
     sequences = tokens // (_ceil_div(ask.length, ask.block_size) * ask.block_size)
     batch = min(ask.concurrency, sequences)
-    step = decode_step(ask.cfg, ask.hw, ask.dtype, tp, batch, ask.length // 2) if ask.hw and batch else None
+    step = (decode_step(ask.cfg, ask.hw, ask.dtype, tp, batch, ask.length // 2, ask.expert_parallel)
+            if ask.hw and batch else None)
     rate = dp * batch / step.total if step else (0.0 if ask.hw else None)
-    per_token_ar = allreduce_bytes_per_token(ask.cfg, ask.dtype, tp)
+    per_token_ar = allreduce_bytes_per_token(ask.cfg, ask.dtype, tp, ask.expert_parallel)
     # An explicit KV size is allocated as given: the engine then checks no memory budget.
     weights_fit = ask.kv_cache_memory is not None or weights <= ask.budget
-    return Shape(tp, dp, weights_fit and sequences >= 1, _why(ask, weights, tokens, sequences),
-                 weights, room, per_token, tokens, sequences, per_token_ar, per_token_ar * batch, batch,
+    why = _why(ask, weights, tokens, sequences)
+    short = ask.expert_parallel and tp > ask.cfg.num_experts
+    if short:
+        why = f"expert parallelism over {tp} ranks needs at least {tp} experts; the model has {ask.cfg.num_experts}"
+    return Shape(tp, dp, weights_fit and sequences >= 1 and not short, why,
+                 weights, room, per_token, tokens, sequences, per_token_ar, per_token_ar * batch,
+                 all_to_all_bytes_per_token(ask.cfg, ask.dtype, tp, ask.expert_parallel), batch,
                  rate, step.bound if step else None)
 
 

@@ -16,6 +16,12 @@ _LLAMA31 = {"architectures": ["LlamaForCausalLM"], "num_key_value_heads": 8, "vo
             "rope_scaling": _LLAMA3_ROPE, "tie_word_embeddings": False, "attention_bias": False,
             "torch_dtype": "bfloat16"}
 
+_QWEN3_MOE = {"architectures": ["Qwen3MoeForCausalLM"], "num_key_value_heads": 4, "head_dim": 128,
+              "num_experts": 128, "num_experts_per_tok": 8, "norm_topk_prob": True, "decoder_sparse_step": 1,
+              "mlp_only_layers": [], "vocab_size": 151936, "max_position_embeddings": 40960,
+              "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "tie_word_embeddings": False,
+              "torch_dtype": "bfloat16"}
+
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "Llama-3.1-8B": {**_LLAMA31, "hidden_size": 4096, "intermediate_size": 14336,
                      "num_hidden_layers": 32, "num_attention_heads": 32},
@@ -37,6 +43,26 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         "vocab_size": 32000, "max_position_embeddings": 32768, "rms_norm_eps": 1e-05,
         "rope_theta": 1000000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
         "num_local_experts": 8, "num_experts_per_tok": 2},
+    "Qwen3-30B-A3B": {  # Qwen/Qwen3-30B-A3B
+        **_QWEN3_MOE, "hidden_size": 2048, "intermediate_size": 6144, "moe_intermediate_size": 768,
+        "num_hidden_layers": 48, "num_attention_heads": 32},
+    "Qwen3-235B-A22B": {  # Qwen/Qwen3-235B-A22B
+        **_QWEN3_MOE, "hidden_size": 4096, "intermediate_size": 12288, "moe_intermediate_size": 1536,
+        "num_hidden_layers": 94, "num_attention_heads": 64},
+    "DeepSeek-V3": {  # deepseek-ai/DeepSeek-V3 (planned, not served: multi-head latent attention)
+        "architectures": ["DeepseekV3ForCausalLM"], "hidden_size": 7168, "intermediate_size": 18432,
+        "moe_intermediate_size": 2048, "num_hidden_layers": 61, "num_attention_heads": 128,
+        "num_key_value_heads": 128, "n_routed_experts": 256, "n_shared_experts": 1, "num_experts_per_tok": 8,
+        "first_k_dense_replace": 3, "moe_layer_freq": 1, "norm_topk_prob": True, "q_lora_rank": 1536,
+        "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
+        "vocab_size": 129280, "max_position_embeddings": 163840, "rms_norm_eps": 1e-06, "rope_theta": 10000,
+        "tie_word_embeddings": False, "torch_dtype": "bfloat16"},
+    "gpt-oss-120b": {  # openai/gpt-oss-120b (planned, not served; its sliding-window layers are counted whole)
+        "architectures": ["GptOssForCausalLM"], "hidden_size": 2880, "intermediate_size": 2880,
+        "num_hidden_layers": 36, "num_attention_heads": 64, "num_key_value_heads": 8, "head_dim": 64,
+        "num_local_experts": 128, "num_experts_per_tok": 4, "attention_bias": True, "vocab_size": 201088,
+        "max_position_embeddings": 131072, "rms_norm_eps": 1e-05, "rope_theta": 150000,
+        "tie_word_embeddings": False, "torch_dtype": "bfloat16"},
     "SmolLM2-135M": {  # HuggingFaceTB/SmolLM2-135M(-Instruct), the demo model
         "architectures": ["LlamaForCausalLM"], "hidden_size": 576, "intermediate_size": 1536,
         "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,

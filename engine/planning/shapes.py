@@ -17,6 +17,12 @@ def _problem(model: ModelConfig, cfg: EngineConfig, tp: int, dp: int, devices: i
         return "tp and dp must both be at least 1"
     if problem := model.tp_problem(tp):
         return problem
+    if cfg.enable_expert_parallel and not model.num_experts:
+        return ("expert parallelism needs a mixture-of-experts model and this one is dense: load it without "
+                "--enable-expert-parallel")
+    if cfg.enable_expert_parallel and tp > model.num_experts:
+        return (f"expert parallelism over tp={tp} ranks needs at least {tp} experts and the model has "
+                f"{model.num_experts}")
     if tp * dp > devices:
         return f"tp={tp} x dp={dp} needs {tp * dp} devices but {devices} are available to this model"
     dtype = normalize_dtype(cfg.dtype_name(on_cuda=False))
@@ -26,7 +32,8 @@ def _problem(model: ModelConfig, cfg: EngineConfig, tp: int, dp: int, devices: i
     else:
         # CPU devices: a share of RAM unless configured; CUDA budgets are measured at load.
         capacity = cfg.device_memory or cpu_device_memory(devices)
-        room = (int(capacity * cfg.memory_utilization) - RUNTIME_MEMORY["cpu"] - weight_bytes(model, dtype, tp)
+        room = (int(capacity * cfg.memory_utilization) - RUNTIME_MEMORY["cpu"]
+                - weight_bytes(model, dtype, tp, cfg.enable_expert_parallel)
                 - activation_peak_bytes(model, dtype, tp, cfg.max_num_batched_tokens, cfg.max_num_seqs))
     if room < need:
         return (f"at tp={tp} one max_model_len={max_model_len} sequence needs {fmt_bytes(need)} of KV "

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from mgpud.records import COUNTERS, GAUGES, LoadProgress, ModelFigures
+from mgpud.records import COUNTERS, GAUGES, LoadProgress, ModelFigures, ReplicaFigures
 
 from ..config import EngineConfig
 from ..core.llm_engine import LLMEngine, ProgressFn, default_devices
@@ -292,19 +292,24 @@ class ModelGroup:
 
     # -- reshaping --------------------------------------------------------------------
 
-    def reconfigure(self, tp: int, dp: int, progress: ProgressFn | None = None) -> dict[str, Any]:
-        """Change to tp x dp while serving; returns how long it took and requests were held."""
+    def reconfigure(self, tp: int, dp: int, progress: ProgressFn | None = None,
+                    expert_parallel: bool | None = None) -> dict[str, Any]:
+        """Change to tp x dp (and, for a MoE model, the expert placement unless None) while
+        serving; returns how long it took and requests were held."""
         with self._reconfiguring:
             with self._lock:
                 live = [r for r in self.replicas if r.state != STOPPED]
             mine = sum(len(r.devices) for r in live)
-            check_shape(self.model.config, self.config, tp, dp, len(self.pool.free) + mine, self.model.max_model_len)
+            ep = self.config.enable_expert_parallel if expert_parallel is None else expert_parallel
+            target = dataclasses.replace(self.config, tp=tp, enable_expert_parallel=ep)
+            check_shape(self.model.config, target, tp, dp, len(self.pool.free) + mine, self.model.max_model_len)
             before = {"tp": self.tp, "dp": len(live)}
             start, held_before = time.monotonic(), self._held_seconds
             self._event("reconfigure_started", **{"from": before, "to": {"tp": tp, "dp": dp}})
-            keep = [r for r in live if r.tp == tp and r.state == READY][:dp]
+            placed = ep == self.config.enable_expert_parallel  # a new placement restarts every replica
+            keep = [r for r in live if r.tp == tp and r.state == READY and placed][:dp]
             retire = sorted((r for r in live if r not in keep), key=lambda r: (r.state == READY, r.load()))
-            self.config = dataclasses.replace(self.config, tp=tp)
+            self.config = target
             for _ in range(dp - len(keep)):
                 while len(self.pool.free) < tp:
                     self._retire(retire.pop(0))
@@ -353,7 +358,9 @@ class ModelGroup:
             state = "reconfiguring"
         return ModelFigures(**totals, **vars(self.metrics.snapshot()), name=self.name, tp=self.tp,
                             dp=len(replicas), state=state, max_model_len=self.model.max_model_len, held=held,
-                            peak_running=max((r.peak_running for r in replicas), default=0), replicas=replicas)
+                            peak_running=max((r.peak_running for r in replicas), default=0),
+                            expert_balance=_expert_balance(replicas), replicas=replicas,
+                            expert_parallel=self.config.enable_expert_parallel)
 
     def shutdown(self) -> None:
         self._closed.set()
@@ -376,3 +383,10 @@ class ModelGroup:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+def _expert_balance(replicas: list[ReplicaFigures]) -> float | None:
+    """The replicas' balance figures weighted by the tokens each routed."""
+    counted = [r for r in replicas if r.expert_balance is not None and r.expert_tokens_total]
+    tokens = sum(r.expert_tokens_total for r in counted)
+    return sum(r.expert_balance * r.expert_tokens_total for r in counted) / tokens if tokens else None

@@ -66,7 +66,22 @@ class RowParallelLinear(nn.Module):
         param.data.copy_(source[:, start:end])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.group.all_reduce(F.linear(x, self.weight))
+        return self.group.all_reduce(self.partial(x))
+
+    def partial(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's addend of y, for a caller that folds it into a later all-reduce."""
+        return F.linear(x, self.weight)
+
+
+class ReplicatedLinear(nn.Module):
+    """y = x W^T with the whole W on every rank (a router: a few rows, needed by all)."""
+
+    def __init__(self, in_features: int, out_features: int, dtype: torch.dtype):
+        super().__init__()
+        self.weight = _param((out_features, in_features), dtype, load_replicated)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
 
 
 def load_replicated(param: nn.Parameter, source: Any, shard: int) -> None:

@@ -2,9 +2,12 @@
 
 Per layer the forward pass does exactly two all-reduces: after o_proj and after
 down_proj (both row-parallel); q/k/v and gate/up are fused column-parallel layers.
+Subclasses (models/families.py) choose the q/k norm and each layer's MLP.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -14,7 +17,7 @@ from .. import kernels
 from ..layers.attention import AttentionMetadata, KVCache, paged_attention
 from ..layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from ..layers.linear import ColumnParallelLinear, RowParallelLinear
-from ..layers.norm import RMSNorm
+from ..layers.norm import RMSNorm, SplitRMSNorm, split_rms_norm
 from ..parallel import TPGroup
 
 # checkpoint name fragment -> (our fused module, which part of it)
@@ -25,7 +28,10 @@ PACKED = {
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype):
+    """qk_norm: None; "head" (Qwen3: RMSNorm over each head, replicated); or "full" (OLMoE:
+    RMSNorm over the whole q and k projections, split across ranks)."""
+
+    def __init__(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype, qk_norm: str | None = None):
         super().__init__()
         d = cfg.head_dim
         self.num_heads = cfg.num_heads // group.size
@@ -36,36 +42,48 @@ class LlamaAttention(nn.Module):
             cfg.hidden_size, [cfg.num_heads * d, cfg.num_kv_heads * d, cfg.num_kv_heads * d],
             group, bias=cfg.qkv_bias, dtype=dtype)
         self.o_proj = RowParallelLinear(cfg.num_heads * d, cfg.hidden_size, group, dtype)
+        self.qk_norm = qk_norm
+        if qk_norm == "head":
+            self.q_norm = RMSNorm(d, cfg.rms_norm_eps, dtype)
+            self.k_norm = RMSNorm(d, cfg.rms_norm_eps, dtype)
+        elif qk_norm == "full":
+            self.q_norm = SplitRMSNorm(cfg.num_heads * d, cfg.rms_norm_eps, group, dtype)
+            self.k_norm = SplitRMSNorm(cfg.num_kv_heads * d, cfg.rms_norm_eps, group, dtype)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: torch.Tensor,
                 meta: AttentionMetadata, cache: KVCache) -> torch.Tensor:
         t, d = x.shape[0], self.head_dim
         q, k, v = self.qkv_proj(x).split(
             [self.num_heads * d, self.num_kv_heads * d, self.num_kv_heads * d], dim=-1)
-        q, k, v = q.view(t, -1, d), k.view(t, -1, d), v.view(t, -1, d)
+        if self.qk_norm == "full":
+            q, k = split_rms_norm([(q, self.q_norm), (k, self.k_norm)])
+        elif self.qk_norm == "head":
+            q = self.q_norm(q.reshape(-1, d))[0]
+            k = self.k_norm(k.reshape(-1, d))[0]
+        q, k, v = q.reshape(t, -1, d), k.reshape(t, -1, d), v.reshape(t, -1, d)
         kernels.apply_rotary(q, k, positions, rope)
         out = paged_attention(q, k, v, meta, cache, self.scale)
         return self.o_proj(out.view(t, -1))
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype):
+    def __init__(self, hidden: int, i: int, group: TPGroup, dtype: torch.dtype):
         super().__init__()
-        i = cfg.intermediate_size
-        self.gate_up_proj = ColumnParallelLinear(cfg.hidden_size, [i, i], group, bias=False, dtype=dtype)
-        self.down_proj = RowParallelLinear(i, cfg.hidden_size, group, dtype)
+        self.gate_up_proj = ColumnParallelLinear(hidden, [i, i], group, bias=False, dtype=dtype)
+        self.down_proj = RowParallelLinear(i, hidden, group, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype):
+    def __init__(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype, mlp: nn.Module,
+                 qk_norm: str | None):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
-        self.self_attn = LlamaAttention(cfg, group, dtype)
+        self.self_attn = LlamaAttention(cfg, group, dtype, qk_norm)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
-        self.mlp = LlamaMLP(cfg, group, dtype)
+        self.mlp = mlp
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor,
                 rope: torch.Tensor, meta: AttentionMetadata, cache: KVCache
@@ -77,24 +95,34 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype):
+    def __init__(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype, mlps: list[nn.Module],
+                 qk_norm: str | None):
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, group, dtype)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, group, dtype) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, group, dtype, mlp, qk_norm) for mlp in mlps)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
 
 
 class LlamaForCausalLM(nn.Module):
     packed = PACKED
+    renamed: ClassVar[dict[str, str]] = {}  # checkpoint module name -> ours, where they differ
+    qk_norm: str | None = None
 
-    def __init__(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype, max_positions: int):
+    def __init__(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype, max_positions: int,
+                 expert_parallel: bool = False):
         super().__init__()
-        self.model = LlamaModel(cfg, group, dtype)
+        mlps = [self.layer_mlp(cfg, group, dtype, n, expert_parallel) for n in range(cfg.num_layers)]
+        self.model = LlamaModel(cfg, group, dtype, mlps, self.qk_norm)
         self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, group, dtype)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         rope = kernels.build_rotary_cache(cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling)
         self.register_buffer("rope", rope.to(self.lm_head.weight.device), persistent=False)
+
+    def layer_mlp(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype, layer: int,
+            expert_parallel: bool) -> nn.Module:
+        """Layer `layer`'s MLP."""
+        return LlamaMLP(cfg.hidden_size, cfg.intermediate_size, group, dtype)
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 caches: list[KVCache]) -> torch.Tensor:
