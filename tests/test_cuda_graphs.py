@@ -151,8 +151,9 @@ def test_enforce_eager_is_a_load_flag_that_reaches_the_engine_config() -> None:
     help_text = CliRunner().invoke(cli, ["load", "--help"]).stdout
     assert "--enforce-eager" in help_text
     spec = check_args("load", {"model": "demo", "tp": 1, "enforce_eager": True})
-    assert EngineConfig(**engine_config(spec, {}, {})).enforce_eager is True
-    assert EngineConfig(**engine_config(check_args("load", {"model": "demo", "tp": 1}), {}, {})).enforce_eager is False
+    assert EngineConfig(**engine_config("demo", spec, {}, {})).enforce_eager is True
+    plain = check_args("load", {"model": "demo", "tp": 1})
+    assert EngineConfig(**engine_config("demo", plain, {}, {})).enforce_eager is False
     with pytest.raises(BadRequest, match="enforce_eager"):
         check_args("load", {"model": "demo", "enforce_eager": "yes"})
 
