@@ -28,6 +28,8 @@ MAX_PROMPT_TOKENS = 1 << 20
 MAX_MESSAGES = 4096
 ID_SLICE = 1 << 15  # token ids checked per pass
 DTYPES = ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
+QUANTIZATIONS = ("int8", "fp8")
+KV_CACHE_DTYPES = ("auto", "fp8")
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,10 @@ _ENGINE_LIMITS = {
                               help="fraction of each device's memory the model may use"),
     "kv_cache_memory": Arg("int", low=1, help="KV cache bytes per rank; overrides profiling"),
     "dtype": Arg("str", choices=DTYPES, help="weights and activations dtype; default fp32 on CPU, bf16 on GPU"),
+    "quantization": Arg("str", choices=QUANTIZATIONS,
+                        help="quantize the linear layers' weights at load, one scale per output channel "
+                             "(embeddings, norms and the LM head keep the dtype)"),
+    "kv_cache_dtype": Arg("str", choices=KV_CACHE_DTYPES, help="KV cache: auto = the dtype; fp8 (e4m3) halves it"),
 }
 
 OPS: dict[str, Op] = {

@@ -100,10 +100,11 @@ class LLMEngine:
         c, tp = self.config, len(self.devices)
         threads = c.threads_per_device or max(1, (os.cpu_count() or 1) // tp)
         dtype = c.dtype_name(on_cuda=self.devices[0].startswith("cuda"))
+        quantization = self.model.config.weight_quantization(c.quantization)  # refused here, before any spawn
         for rank, device in enumerate(self.devices):
             args = WorkerArgs(rank=rank, tp=tp, device=device, model_dir=str(self.model.dir),
                               model=self.model.config, max_model_len=self.model.max_model_len,
-                              dtype=dtype, threads=threads, config=c, run_dir=self._run_dir)
+                              dtype=dtype, quantization=quantization, threads=threads, config=c, run_dir=self._run_dir)
             args_file = Path(self._run_dir) / f"rank{rank}.args"
             args_file.write_bytes(pickle.dumps(args))
             env = dict(os.environ, OMP_NUM_THREADS=str(threads))

@@ -13,6 +13,7 @@ from mgpud.records import LoadProgress
 from ..config import ModelConfig
 from .batch import StepInput
 from .layers.attention import KVCache
+from .layers.quant import FP8, linear_method
 from .loader import load_weights
 from .memory import peak_rss
 from .models import model_class
@@ -24,15 +25,20 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class ModelRunner:
     def __init__(self, model_cfg: ModelConfig, model_dir: Path, group: TPGroup, device: torch.device,
                  dtype: str, max_model_len: int, block_size: int,
-                 progress: Callable[[LoadProgress], None] | None = None):
+                 progress: Callable[[LoadProgress], None] | None = None,
+                 quantization: str | None = None, kv_cache_dtype: str = "auto"):
+        """quantization: the linear layers' (ModelConfig.weight_quantization); kv_cache_dtype:
+        auto (the model dtype) or fp8 (e4m3, widened to the model dtype when read)."""
         self.cfg = model_cfg
         self.group = group
         self.device = device
         self.dtype = DTYPES[dtype]
+        self.kv_dtype = FP8 if kv_cache_dtype == "fp8" else self.dtype
         self.block_size = block_size
         self.max_model_len = max_model_len
         with torch.device(device):
-            self.model = model_class(model_cfg)(model_cfg, group, self.dtype, max_model_len)
+            method = linear_method(quantization, prequantized=model_cfg.quantization is not None)
+            self.model = model_class(model_cfg)(model_cfg, group, self.dtype, max_model_len, method)
         load_weights(self.model, model_dir, progress)
         self.caches: list[KVCache] = []
 
@@ -42,7 +48,7 @@ class ModelRunner:
 
     @property
     def kv_block_bytes(self) -> int:
-        return self.cfg.kv_bytes_per_token(self.dtype.itemsize, self.group.size) * self.block_size
+        return self.cfg.kv_bytes_per_token(self.kv_dtype.itemsize, self.group.size) * self.block_size
 
     def profile(self, num_tokens: int, max_num_seqs: int) -> int:
         """Peak activation bytes of a prefill step of `num_tokens` tokens (measured)."""
@@ -61,7 +67,7 @@ class ModelRunner:
             logits_indices=np.asarray([e - 1 for _, e, _ in spans], dtype=np.int64),
             prompt_logits_indices=np.zeros(0, dtype=np.int64))
         heads = self.cfg.num_kv_heads // self.group.size
-        dummy = torch.zeros(1, self.block_size, heads, self.cfg.head_dim, dtype=self.dtype, device=self.device)
+        dummy = torch.zeros(1, self.block_size, heads, self.cfg.head_dim, dtype=self.kv_dtype, device=self.device)
         self.caches = [(dummy, dummy)] * self.cfg.num_layers
         try:
             if self.device.type == "cuda":
@@ -88,7 +94,7 @@ class ModelRunner:
         heads = self.cfg.num_kv_heads // self.group.size
         shape = (self.cfg.num_layers, 2, num_blocks, self.block_size, heads, self.cfg.head_dim)
         # Zeroed, not empty: masked-out slots must never hold NaN bit patterns.
-        self.kv = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.kv = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
         self.caches = [(layer[0], layer[1]) for layer in self.kv]
 
     def synchronize(self) -> None:

@@ -37,6 +37,7 @@ class WorkerArgs:
     model: ModelConfig  # read once by the serving layer
     max_model_len: int
     dtype: str
+    quantization: str | None  # the linear layers' (ModelConfig.weight_quantization)
     threads: int
     config: EngineConfig  # the replica's limits: block size, batch sizes, memory budget
     run_dir: str  # private to this replica: sockets and the rendezvous file
@@ -82,7 +83,8 @@ class Worker:
             self._init_distributed()
         progress = self._progress if a.rank == 0 else None
         self.runner = ModelRunner(a.model, Path(a.model_dir), self.group, self.device, a.dtype,
-                                  a.max_model_len, a.config.block_size, progress)
+                                  a.max_model_len, a.config.block_size, progress,
+                                  a.quantization, a.config.kv_cache_dtype)
         peak = 0  # an explicit KV budget needs no measurement (and saves a full-size forward)
         if a.config.kv_cache_memory is None:
             if a.rank == 0:

@@ -15,6 +15,7 @@ from ..layers.attention import AttentionMetadata, KVCache, paged_attention
 from ..layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from ..layers.linear import ColumnParallelLinear, RowParallelLinear
 from ..layers.norm import RMSNorm
+from ..layers.quant import LinearMethod, Unquantized
 from ..parallel import TPGroup
 
 # checkpoint name fragment -> (our fused module, which part of it)
@@ -25,7 +26,7 @@ PACKED = {
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype):
+    def __init__(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype, method: LinearMethod):
         super().__init__()
         d = cfg.head_dim
         self.num_heads = cfg.num_heads // group.size
@@ -34,8 +35,8 @@ class LlamaAttention(nn.Module):
         self.scale = d ** -0.5
         self.qkv_proj = ColumnParallelLinear(
             cfg.hidden_size, [cfg.num_heads * d, cfg.num_kv_heads * d, cfg.num_kv_heads * d],
-            group, bias=cfg.qkv_bias, dtype=dtype)
-        self.o_proj = RowParallelLinear(cfg.num_heads * d, cfg.hidden_size, group, dtype)
+            group, bias=cfg.qkv_bias, dtype=dtype, method=method)
+        self.o_proj = RowParallelLinear(cfg.num_heads * d, cfg.hidden_size, group, dtype, method)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: torch.Tensor,
                 meta: AttentionMetadata, cache: KVCache) -> torch.Tensor:
@@ -49,23 +50,24 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype):
+    def __init__(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype, method: LinearMethod):
         super().__init__()
         i = cfg.intermediate_size
-        self.gate_up_proj = ColumnParallelLinear(cfg.hidden_size, [i, i], group, bias=False, dtype=dtype)
-        self.down_proj = RowParallelLinear(i, cfg.hidden_size, group, dtype)
+        self.gate_up_proj = ColumnParallelLinear(cfg.hidden_size, [i, i], group, bias=False, dtype=dtype,
+                                                 method=method)
+        self.down_proj = RowParallelLinear(i, cfg.hidden_size, group, dtype, method)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype):
+    def __init__(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype, method: LinearMethod):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
-        self.self_attn = LlamaAttention(cfg, group, dtype)
+        self.self_attn = LlamaAttention(cfg, group, dtype, method)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
-        self.mlp = LlamaMLP(cfg, group, dtype)
+        self.mlp = LlamaMLP(cfg, group, dtype, method)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor,
                 rope: torch.Tensor, meta: AttentionMetadata, cache: KVCache
@@ -77,19 +79,23 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype):
+    def __init__(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype, method: LinearMethod):
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, group, dtype)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, group, dtype) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, group, dtype, method) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
 
 
 class LlamaForCausalLM(nn.Module):
     packed = PACKED
 
-    def __init__(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype, max_positions: int):
+    def __init__(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype, max_positions: int,
+                 method: LinearMethod | None = None):
         super().__init__()
-        self.model = LlamaModel(cfg, group, dtype)
+        self.model = LlamaModel(cfg, group, dtype, method or Unquantized())
+        # The LM head stays in the model dtype whatever the method: it is vocab-parallel (an
+        # embedding's layout, often the tied embedding itself), and its logits feed sampling
+        # and logprobs directly, where 8-bit rounding would shift every probability.
         self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, group, dtype)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
