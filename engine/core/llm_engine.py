@@ -52,6 +52,8 @@ class EngineInfo:
 
     pids: list[int]  # one per rank
     dtype: str
+    quantization: str | None  # the linear layers' when 8-bit
+    kv_cache_dtype: str  # e.g. float8_e4m3fn, bfloat16
     num_kv_blocks: int
     kv_bytes_per_rank: int
     weight_bytes_per_rank: list[int]
@@ -134,6 +136,7 @@ class LLMEngine:
             progress(LoadProgress("ready", message="ready"))
         ranks = [ready[r] for r in sorted(ready)]
         return EngineInfo(pids=[r["pid"] for r in ranks], dtype=ranks[0]["dtype"],
+                          quantization=ranks[0]["quantization"], kv_cache_dtype=ranks[0]["kv_cache_dtype"],
                           num_kv_blocks=ranks[0]["num_blocks"], kv_bytes_per_rank=ranks[0]["kv_bytes"],
                           weight_bytes_per_rank=[r["weight_bytes"] for r in ranks],
                           peak_activation_bytes_per_rank=[r["peak_activation_bytes"] for r in ranks])

@@ -92,7 +92,8 @@ class Worker:
             peak = self.runner.profile(a.config.max_num_batched_tokens, a.config.max_num_seqs)
         num_blocks = self._agree_on_blocks(peak)
         self.runner.allocate_kv(num_blocks)
-        self.send("ready", rank=a.rank, pid=os.getpid(), dtype=a.dtype, weight_bytes=self.runner.weight_bytes,
+        self.send("ready", rank=a.rank, pid=os.getpid(), dtype=a.dtype, quantization=a.quantization,
+                  kv_cache_dtype=str(self.runner.kv_dtype).removeprefix("torch."), weight_bytes=self.runner.weight_bytes,
                   peak_activation_bytes=peak, num_blocks=num_blocks,
                   kv_bytes=num_blocks * self.runner.kv_block_bytes)
 
