@@ -142,3 +142,37 @@ def test_demo_model_perplexity_under_quantization(demo_model: Path) -> None:
             perplexity[quantization] = _perplexity(_prompt_logprobs(group, ids))
     for quantization, limit in PPL_LIMIT.items():
         assert perplexity[quantization] / perplexity[None] < limit, perplexity
+
+
+def test_daemon_loads_quantized_and_shows_it(tiny_llama: Path) -> None:
+    from mgpud.cli.ps import format_models
+    from mgpud.daemon.testing import DaemonProcess
+    from mgpud.ipc import BadRequest
+
+    with DaemonProcess(devices="cpu:1") as d, d.client(timeout=30) as c:
+        with pytest.raises(BadRequest, match="'quantization' must be one of int8, fp8"):
+            c.call("load", model=str(tiny_llama), quantization="int4")
+        c.call("load", model=str(tiny_llama), name="tiny", tp=1, dp=1, quantization="int8", kv_cache_dtype="fp8",
+               **{k: v for k, v in TINY.items() if k != "dtype"})
+        line = c.call("status")["models"][0]
+        models = c.call("models")
+        text = c.call("generate", model="tiny", prompt=[5, 17, 42], max_tokens=3, ignore_eos=True)
+    assert (line["weights"], line["kv_cache_dtype"]) == ("int8", "float8_e4m3fn")
+    assert "int8 kv:fp8" in format_models(models)
+    assert len(text["token_ids"]) == 3
+
+
+def test_planner_counts_8bit_weights_and_names_the_flags_that_fit() -> None:
+    from mgpud.engine.planning.planner import kv_bytes_per_token, load_model, plan, weight_bytes
+    from mgpud.engine.planning.targets import DeviceSet
+
+    cfg = load_model("demo")[0]
+    linear = param_groups(cfg).linear
+    assert weight_bytes(cfg, "fp32", 1) - weight_bytes(cfg, "fp32", 1, "int8") == 3 * linear
+    assert kv_bytes_per_token(cfg, "fp32", 1, "fp8") * 4 == kv_bytes_per_token(cfg, "fp32", 1)
+    # No hardware figures: nothing to measure, no throughput estimate.
+    ask = {"devices": DeviceSet("cpu:1", "cpu", 1, 800 << 20, None), "max_model_len": 2048, "dtype": "fp32"}
+    refused = plan("demo", **ask)
+    assert not refused.ok
+    assert "`mgpud load demo --quantization int8 --kv-cache-dtype fp8` fits at tp=1" in refused.reasons[-1]
+    assert plan("demo", **ask, quantization="int8", kv_cache_dtype="fp8").ok
