@@ -49,25 +49,27 @@ def unquantized(tiny_llama: Path):
         yield group
 
 
-# TP=1 against TP=2 once: both methods share the loading that makes it hold (whole-row scales).
-@pytest.mark.parametrize("quantization,tp2", [("int8", True), ("fp8", False)], ids=["int8", "fp8"])
-def test_quantized_load_holds_8bit_linear_layers(unquantized: ModelGroup, tiny_llama: Path, quantization: str,
-                                                 tp2: bool) -> None:
+def _rows(cfg: ModelConfig) -> int:
+    """Output rows of all linear layers: one scale each."""
+    return cfg.num_layers * ((cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim + 2 * cfg.hidden_size
+                             + 2 * cfg.intermediate_size)
+
+
+# int8 here, fp8 on the demo model below: both share the loading tested here (whole-row
+# scales, so that TP=1 and TP=2 quantize alike).
+def test_int8_load_holds_8bit_linear_layers_alike_at_tp1_and_tp2(unquantized: ModelGroup, tiny_llama: Path) -> None:
     cfg = unquantized.model.config
     prompt = _ids(cfg.vocab_size, 40)
-    with ModelGroup(EngineConfig(model=str(tiny_llama), quantization=quantization, **CHUNKED)) as one:
+    with ModelGroup(EngineConfig(model=str(tiny_llama), quantization="int8", **CHUNKED)) as one:
         weights = one.stats().replicas[0].weight_bytes_per_rank[0]
         logprobs, tokens = _prompt_logprobs(one, prompt), _greedy(one, prompt, 12)
-    if tp2:
-        with ModelGroup(EngineConfig(model=str(tiny_llama), tp=2, quantization=quantization, **CHUNKED)) as two:
-            assert _greedy(two, prompt, 12) == tokens
-    # Each linear weight now takes one byte, plus a float32 scale per output row.
-    rows = cfg.num_layers * ((cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim + 2 * cfg.hidden_size
-                             + 2 * cfg.intermediate_size)
+    with ModelGroup(EngineConfig(model=str(tiny_llama), tp=2, quantization="int8", **CHUNKED)) as two:
+        assert _greedy(two, prompt, 12) == tokens
+    # Each linear weight now takes one byte, plus a bf16 scale per output row.
     full = unquantized.stats().replicas[0].weight_bytes_per_rank[0]
-    assert weights == full - 3 * param_groups(cfg).linear + 4 * rows
+    assert weights == full - 3 * param_groups(cfg).linear + 2 * _rows(cfg)
     ratio = _perplexity(logprobs) / _perplexity(_prompt_logprobs(unquantized, prompt))
-    assert 1 / PPL_LIMIT[quantization] < ratio < PPL_LIMIT[quantization]
+    assert 1 / PPL_LIMIT["int8"] < ratio < PPL_LIMIT["int8"]
 
 
 def test_fp8_kv_cache_holds_more_tokens_and_reads_back_close(unquantized: ModelGroup, tiny_llama: Path) -> None:
@@ -135,13 +137,19 @@ FIXED_TEXT = ("The capital of France is Paris. It lies on the river Seine, in th
 @pytest.mark.slow
 def test_demo_model_perplexity_under_quantization(demo_model: Path) -> None:
     limits = {"max_model_len": 256, "kv_cache_memory": 16 << 20}
-    perplexity = {}
+    perplexity, weights = {}, {}
     for quantization in (None, "int8", "fp8"):
         with ModelGroup(EngineConfig(model=str(demo_model), quantization=quantization, **limits)) as group:
             ids = group.model.tokenizer.encode(FIXED_TEXT)
             perplexity[quantization] = _perplexity(_prompt_logprobs(group, ids))
+            replica = group.stats().replicas[0]
+            weights[quantization] = replica.weight_bytes_per_rank[0]
     for quantization, limit in PPL_LIMIT.items():
         assert perplexity[quantization] / perplexity[None] < limit, perplexity
+    cfg = group.model.config
+    wide = {"float32": 4, "bfloat16": 2}[replica.dtype]  # auto: what this CPU runs best
+    # One byte per linear weight, plus a scale per output row (fp8: float32).
+    assert weights["fp8"] == weights[None] - (wide - 1) * param_groups(cfg).linear + 4 * _rows(cfg)
 
 
 def test_daemon_loads_quantized_and_shows_it(tiny_llama: Path) -> None:

@@ -38,8 +38,6 @@ def parameter(shape: tuple[int, ...], dtype: torch.dtype, loader: Any, from_weig
 class Unquantized:
     """The checkpoint's weight in the model dtype."""
 
-    name = None
-
     def create(self, layer: nn.Module, rows: int, cols: int, dtype: torch.dtype, loader: Any) -> None:
         layer.weight = parameter((rows, cols), dtype, loader)
 
@@ -51,18 +49,19 @@ class Unquantized:
 
 
 class _PerChannel:
-    """8-bit weight rows with one float32 scale per output channel, quantized at load."""
+    """8-bit weight rows with one scale per output channel, quantized at load."""
 
-    name: str
     storage: torch.dtype
+    scale_dtype = torch.float32
     top: float  # the largest 8-bit magnitude a row's |max| maps to
 
     def create(self, layer: nn.Module, rows: int, cols: int, dtype: torch.dtype, loader: Any) -> None:
         layer.weight = parameter((rows, cols), self.storage, loader)
-        layer.weight_scale = parameter((rows,), torch.float32, loader, from_weight=True)
+        layer.weight_scale = parameter((rows,), self.scale_dtype, loader, from_weight=True)
 
     def store(self, layer: nn.Module, offset: int, block: torch.Tensor, amax: RowAmax) -> None:
-        scale = (amax() / self.top).clamp(min=torch.finfo(torch.float32).tiny)
+        # Rounded to the stored dtype first, so that the rows are quantized by the scale kept.
+        scale = (amax() / self.top).clamp(min=torch.finfo(torch.float32).tiny).to(self.scale_dtype).float()
         layer.weight.data[offset:offset + len(block)].copy_(self._quantize(block.float() / scale[:, None]))
         layer.weight_scale.data[offset:offset + len(block)].copy_(scale)
 
@@ -81,8 +80,8 @@ class Int8(_PerChannel):
     """int8, symmetric per channel. CPU: torch's weight-only int8 matmul, which wants bf16
     activations (with float32 ones it ran ~10x slower than a float32 F.linear here)."""
 
-    name = "int8"
     storage = torch.int8
+    scale_dtype = torch.bfloat16  # the matmul takes scales in its activations' dtype; kept so, not cast per call
     top = INT8_MAX
 
     def _quantize(self, scaled: torch.Tensor) -> torch.Tensor:
@@ -93,7 +92,7 @@ class Int8(_PerChannel):
             return F.linear(x, layer.weight.to(x.dtype)) * layer.weight_scale.to(x.dtype)
         lead = x.shape[:-1]
         flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-        out = torch._weight_int8pack_mm(flat, layer.weight, layer.weight_scale.to(torch.bfloat16))
+        out = torch._weight_int8pack_mm(flat, layer.weight, layer.weight_scale)
         return out.to(x.dtype).view(*lead, -1)
 
 
@@ -101,7 +100,6 @@ class Fp8(_PerChannel):
     """float8 e4m3, per channel. CUDA sm_89+: torch._scaled_mm with activations quantized
     per token; elsewhere the weight is widened per matmul (correct, not fast)."""
 
-    name = "fp8"
     storage = FP8
     top = FP8_MAX
 
