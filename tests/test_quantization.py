@@ -9,10 +9,11 @@ import random
 from pathlib import Path
 
 import pytest
-
+import torch
 from checkpoints import make_fp8_checkpoint
 from mgpud.engine import EngineConfig, ModelGroup, SamplingParams
 from mgpud.engine.config import ModelConfig
+from mgpud.engine.core.layers.quant import Fp8, Int8
 from mgpud.engine.core.prepared import check_model_dir
 from mgpud.engine.exceptions import ModelLoadError
 from mgpud.engine.planning.planner import param_groups
@@ -184,3 +185,46 @@ def test_planner_counts_8bit_weights_and_names_the_flags_that_fit() -> None:
     assert not refused.ok
     assert "`mgpud load demo --quantization int8 --kv-cache-dtype fp8` fits at tp=1" in refused.reasons[-1]
     assert plan("demo", **ask, quantization="int8", kv_cache_dtype="fp8").ok
+
+
+def _layer(method: object, weight: torch.Tensor) -> torch.nn.Module:
+    layer = torch.nn.Module()
+    method.create(layer, *weight.shape, weight.dtype, None)
+    method.store(layer, 0, weight, lambda: weight.float().abs().amax(dim=1))
+    return layer
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", [Int8(), Fp8()], ids=["int8", "fp8"])
+def test_cuda_8bit_matmul_matches_its_dequantized_weights(method: object) -> None:
+    # fp8 runs torch._scaled_mm on sm_89+ (activations quantized per token), else widens the weight.
+    torch.manual_seed(0)
+    weight = (torch.randn(256, 128, device="cuda") * 0.05).bfloat16()
+    x = torch.randn(5, 128, device="cuda", dtype=torch.bfloat16)
+    layer = _layer(method, weight)
+    want = x.float() @ (layer.weight.float() * layer.weight_scale.float()[:, None]).T
+    got = method.apply(layer, x, None).float()
+    assert (got - want).norm() / want.norm() < 0.05
+
+
+@pytest.mark.gpu
+def test_cuda_store_kv_writes_fp8_as_the_reference_does() -> None:
+    from mgpud.engine.core.kernels import reference, triton_cache
+
+    key, value = torch.randn(5, 2, 64, device="cuda") * 3, torch.randn(5, 2, 64, device="cuda")
+    slots = torch.tensor([17, -1, 0, 31, 5], device="cuda")
+    caches = [torch.zeros(3, 16, 2, 64, dtype=torch.float8_e4m3fn, device="cuda") for _ in range(4)]
+    reference.store_kv(key, value, caches[0], caches[1], slots)
+    triton_cache.store_kv(key, value, caches[2], caches[3], slots)
+    assert all(torch.equal(a.view(torch.uint8), b.view(torch.uint8)) for a, b in zip(caches[:2], caches[2:]))
+
+
+@pytest.mark.gpu
+def test_cuda_serves_fp8_weights_and_fp8_kv(unquantized: ModelGroup, tiny_llama: Path) -> None:
+    prompt = _ids(unquantized.model.config.vocab_size, 40, seed=3)
+    cfg = EngineConfig(model=str(tiny_llama), quantization="fp8", kv_cache_dtype="fp8", **CHUNKED)
+    with ModelGroup(cfg) as group:
+        assert group.devices[0].startswith("cuda")
+        ratio = _perplexity(_prompt_logprobs(group, prompt)) / _perplexity(_prompt_logprobs(unquantized, prompt))
+        assert len(_greedy(group, prompt, 8)) == 8
+    assert 1 / 1.05 < ratio < 1.05
