@@ -57,12 +57,13 @@ def decode_rate(group: ModelGroup, tokens: int, repeats: int) -> float:  # token
     return best
 
 
-def measure_load(settings: dict[str, Any], tokens: int, repeats: int) -> dict[str, Any]:
+def measure_load(settings: dict[str, Any], tokens: int, repeats: int, warm_up: bool) -> dict[str, Any]:
     cfg = EngineConfig(model=str(demo_model_dir()), max_model_len=1024, kv_cache_memory=64 << 20,
                        threads_per_device=os.cpu_count() or 1, **settings)
     with ModelGroup(cfg) as group:
         replica = group.stats().replicas[0]
-        decode_rate(group, 4, 1)  # warm-up
+        if warm_up:
+            decode_rate(group, 4, 1)
         return {"dtype": replica.dtype, "quantization": replica.quantization,
                 "weight_bytes": replica.weight_bytes_per_rank[0], "perplexity": perplexity(group),
                 "decode_tok_s": decode_rate(group, tokens, repeats)}
@@ -70,8 +71,8 @@ def measure_load(settings: dict[str, Any], tokens: int, repeats: int) -> dict[st
 
 @benchmark("quantization", __doc__)
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    tokens, repeats = (8, 1) if args.quick else (64, 3)
-    loads = {name: measure_load(settings, tokens, repeats) for name, settings in LOADS.items()}
+    tokens, repeats = (4, 1) if args.quick else (64, 3)
+    loads = {name: measure_load(settings, tokens, repeats, not args.quick) for name, settings in LOADS.items()}
     base, bf16 = loads["default"], loads["bf16"]
     for name in ("int8", "fp8"):
         q = loads[name]
