@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..parallel import TPGroup, split_range
-from .quant import Unquantized, parameter
+from .quant import LinearMethod, Unquantized, parameter
 
 _AMAX_ROWS = 256  # rows read at a time when a row-parallel layer needs whole-row maxima
 
@@ -33,7 +33,7 @@ class ColumnParallelLinear(nn.Module):
     """
 
     def __init__(self, in_features: int, parts: list[int], group: TPGroup,
-                 bias: bool, dtype: torch.dtype, method: Any = None):
+                 bias: bool, dtype: torch.dtype, method: LinearMethod | None = None):
         super().__init__()
         for width in parts:
             assert width % group.size == 0, f"{width} rows do not split over tp={group.size}"
@@ -65,7 +65,7 @@ class RowParallelLinear(nn.Module):
     """y = x W^T with W split by input columns; partial sums are all-reduced."""
 
     def __init__(self, in_features: int, out_features: int, group: TPGroup, dtype: torch.dtype,
-                 method: Any = None):
+                 method: LinearMethod | None = None):
         super().__init__()
         assert in_features % group.size == 0
         self.group = group

@@ -6,8 +6,9 @@ block into 8-bit rows with one scale per output channel as it arrives, so no ran
 holds a full-precision copy of more than the slice it is reading. Scales are computed
 over a whole checkpoint row (`amax`), so every TP degree quantizes alike.
 
-Activations stay in the model dtype throughout (weight-only quantization): the 8-bit
-weights are widened inside the matmul, which keeps outputs close to the unquantized model.
+Weight-only quantization: activations stay in the model dtype between layers and the
+8-bit weights are widened inside the matmul (int8 on CPUs multiplies bf16 activations, as
+torch's int8 kernel asks), which keeps outputs close to the unquantized model.
 """
 
 from __future__ import annotations
