@@ -54,6 +54,11 @@ HEADLINES: dict[str, list[tuple[str, str, str]]] = {
                       ("step time outside the forward, batch 64", "batch_64.overhead_fraction", "<= 0.10")],
     "kv_efficiency": [("KV waste (1 - peak running / theoretical)", "waste_fraction", "< 0.04"),
                       ("prefix caching on / off throughput", "prefix_caching_speedup", ">= 2")],
+    "quantization": [("int8 weight bytes / bf16 load's", "int8.bytes_vs_bf16", "<= 0.55"),
+                     ("fp8 weight bytes / bf16 load's", "fp8.bytes_vs_bf16", "<= 0.55"),
+                     ("int8 perplexity / default load's", "int8.perplexity_ratio", "<= 1.01"),
+                     ("fp8 perplexity / default load's", "fp8.perplexity_ratio", "<= 1.03"),
+                     ("int8 single-stream decode / default load's", "int8.decode_speedup", ">= 1.5")],
     "memory_overhead": [("RSS beyond weights + KV, tp=1 (MiB)", "overhead_mib_tp1", ""),
                         ("bare `import torch` process RSS (MiB)", "bare_torch.rss_mib", "")],
 }

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
                    "or GPU ordinals 0,1 (default: the devices found here).")
 @click.option("--device-memory", type=SIZE, help="Memory of each CPU device, e.g. 4GiB.")
 @schema_option("plan", "dtype", help="Weights dtype (default bf16 on GPUs, fp32 on CPU).")
+@schema_option("plan", "quantization", help="8-bit linear layers, as `mgpud load --quantization`.")
+@schema_option("plan", "kv_cache_dtype", help="KV cache dtype, as `mgpud load --kv-cache-dtype`.")
 @schema_option("plan", "max_model_len", help="Tokens per sequence (default: the model's).")
 @schema_option("plan", "concurrency", default=16, show_default=True,
                help="Sequences of max-model-len each replica must hold at once.")
@@ -35,8 +37,8 @@ if TYPE_CHECKING:
 @global_options("json")
 @pass_settings
 def plan(settings: Settings, model: str, devices: str | None, device_memory: int | None, dtype: str | None,
-         max_model_len: int | None, concurrency: int, memory_utilization: float, tp: int, dp: int,
-         enable_expert_parallel: bool | None) -> None:
+         quantization: str | None, kv_cache_dtype: str | None, max_model_len: int | None, concurrency: int,
+         memory_utilization: float, tp: int, dp: int, enable_expert_parallel: bool | None) -> None:
     """The planner's table for MODEL (a model directory, a config.json, a preset such as
     Llama-3.1-70B, or `demo`): every shape, whether it fits and why, memory and
     all-reduce traffic per device, a decode estimate, the chosen shape and the reasons.
@@ -46,16 +48,17 @@ def plan(settings: Settings, model: str, devices: str | None, device_memory: int
     Examples:
       mgpud plan Llama-3.1-70B --devices 8xH100-80GB --max-model-len 8192
       mgpud plan demo --devices cpu:4
-      mgpud plan /models/Qwen2.5-72B --dtype fp8 --json | jq .chosen
+      mgpud plan /models/Qwen2.5-72B --quantization fp8 --json | jq .chosen
     """
     from mgpud.engine.hosts.inventory import DeviceSpecError
     from mgpud.engine.exceptions import EngineError
     from mgpud.engine.planning.planner import plan as make_plan
 
     try:
-        result = make_plan(model, devices, dtype=dtype, max_model_len=max_model_len, concurrency=concurrency,
-                           memory_utilization=memory_utilization, tp=tp, dp=dp, device_memory=device_memory,
-                           enable_expert_parallel=bool(enable_expert_parallel))
+        result = make_plan(model, devices, dtype=dtype, quantization=quantization,
+                           kv_cache_dtype=kv_cache_dtype or "auto", max_model_len=max_model_len,
+                           concurrency=concurrency, memory_utilization=memory_utilization, tp=tp, dp=dp,
+                           device_memory=device_memory, enable_expert_parallel=bool(enable_expert_parallel))
     except DeviceSpecError as exc:
         raise CliError(f"--devices: {exc}", USAGE) from None
     except EngineError as exc:
@@ -99,9 +102,10 @@ def _row(plan: Plan, s: Shape) -> tuple[str, ...]:
 def _header(plan: Plan) -> list[str]:
     active = f", {plan.active_params / 1e9:.2f} B active" if plan.active_params != plan.params else ""
     placement = ", experts placed whole on ranks (expert parallel)" if plan.expert_parallel else ""
+    weights = f"{plan.quantization} (linear layers; {plan.dtype} the rest)" if plan.quantization else plan.dtype
     return [f"{plan.model} ({plan.architecture}, {plan.params / 1e9:.2f} B parameters{active}{placement}) on "
             f"{plan.devices} ({fmt_bytes(plan.device_memory)} each)",
-            f"weights {plan.dtype}, KV {plan.kv_dtype}, max_model_len {plan.max_model_len}, "
+            f"weights {weights}, KV {plan.kv_dtype}, max_model_len {plan.max_model_len}, "
             f"concurrency {plan.concurrency} per replica, memory utilization {plan.memory_utilization:.2f}, "
             f"block size {plan.block_size}",
             f"budget per device for weights + KV: {fmt_bytes(plan.budget)}"]

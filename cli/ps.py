@@ -13,9 +13,9 @@ from mgpud.units import fmt_bytes
 from .context import Settings, global_options, pass_settings
 from .output import fmt_duration, fmt_ms, fmt_rate, state, table
 
-HEADERS = ("NAME", "REPLICA", "TP x DP", "DEVICES", "STATE", "MEMORY", "KV USE", "RUN/WAIT",
+HEADERS = ("NAME", "REPLICA", "TP x DP", "DEVICES", "STATE", "WEIGHTS", "MEMORY", "KV USE", "RUN/WAIT",
            "TOK/S", "TTFT P95", "EXPERT BAL", "PIDS")
-RIGHT = frozenset({1, 5, 6, 7, 8, 9, 10})
+RIGHT = frozenset({1, 6, 7, 8, 9, 10, 11})
 
 
 @click.command()
@@ -54,11 +54,18 @@ def generation_table(running: list[dict[str, Any]]) -> str:
 def model_rows(m: ModelRecord) -> list[list[str]]:
     shape = f"{m.tp} x {m.dp}" + (" ep" if m.stats and m.stats.expert_parallel else "")
     if m.stats is None or not m.stats.replicas:  # loading, or failed before any replica started
-        return [[m.name, "-", shape, ",".join(m.devices) or "-", _state_label(m), *["-"] * 7]]
-    return [[m.name, str(r.index), shape, ",".join(r.devices), state(r.state), fmt_bytes(replica_memory(r)),
+        return [[m.name, "-", shape, ",".join(m.devices) or "-", _state_label(m), *["-"] * 8]]
+    return [[m.name, str(r.index), shape, ",".join(r.devices), state(r.state), weights_label(r),
+             fmt_bytes(replica_memory(r)),
              _kv_use(r), f"{r.running}/{r.waiting}", fmt_rate(r.tokens_per_s_10s), fmt_ms(r.ttft_p95_ms),
              fmt_balance(r.expert_balance), ",".join(map(str, r.pids)) or "-"]
             for r in m.stats.replicas]
+
+
+def weights_label(r: ReplicaFigures) -> str:
+    """The linear layers' weights (int8, fp8, or the dtype), and an fp8 KV cache."""
+    kv = " kv:fp8" if r.kv_cache_dtype and r.kv_cache_dtype.startswith("float8") else ""
+    return (r.quantization or r.dtype or "-") + kv
 
 
 def replica_memory(r: ReplicaFigures) -> int:  # bytes over all ranks of the replica

@@ -63,7 +63,8 @@ async def status(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
         "http": d.http.url if d.http else None,
         "devices": {"total": len(d.models.inventory), "free": len(d.models.pool.free),
                     "kinds": sorted({dev.kind for dev in d.models.inventory})},
-        "models": [{**{k: wire[k] for k in ("name", "state", "tp", "dp", "devices", "error", "progress")},
+        "models": [{**{k: wire[k] for k in ("name", "state", "tp", "dp", "devices", "error", "progress", "weights",
+                                            "kv_cache_dtype")},
                     "expert_balance": (wire["stats"] or {}).get("expert_balance")}
                    for wire in map(to_wire, d.models.describe_all())],
     }

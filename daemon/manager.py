@@ -66,6 +66,7 @@ class Model:
 
     def describe(self) -> ModelRecord:
         stats = self.group.stats() if self.group is not None else None
+        loaded = next((r for r in stats.replicas if r.dtype), None) if stats else None
         return ModelRecord(
             name=self.name, model=self.spec["model"],
             # with a group: ready, degraded (a replica down), failed, reconfiguring
@@ -73,7 +74,9 @@ class Model:
             tp=stats.tp if stats else self.spec["tp"], dp=stats.dp if stats else self.spec["dp"],
             devices=[d for r in stats.replicas for d in r.devices] if stats else list(self.starting),
             error=self.error, progress=self.progress if self.state in ("loading", "reconfiguring") else None,
-            reasons=self.reasons, loaded_at=self.loaded_at, stats=stats, auto=self.auto)
+            reasons=self.reasons, loaded_at=self.loaded_at, stats=stats, auto=self.auto,
+            weights=(loaded.quantization or loaded.dtype) if loaded else None,
+            kv_cache_dtype=loaded.kv_cache_dtype if loaded else None)
 
 
 class ModelManager:

@@ -22,6 +22,27 @@ _QKV_BIAS_ARCHITECTURES = ("Qwen2ForCausalLM", "Qwen2MoeForCausalLM")
 _DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float": "float32",
                 "bfloat16": "bfloat16", "bf16": "bfloat16",
                 "float16": "float16", "fp16": "float16", "half": "float16"}
+QUANTIZATIONS = ("int8", "fp8")  # what a load quantizes a bf16/fp32 checkpoint's linear layers to
+KV_CACHE_DTYPES = ("auto", "fp8")  # auto: the model dtype
+CHECKPOINT_FP8_METHODS = ("compressed-tensors", "fbgemm_fp8")  # quant_method values read as they are
+
+
+def _checkpoint_quantization(raw: dict[str, Any]) -> str | None:
+    """"fp8" for a checkpoint quantized to fp8 in a way we read, else what it is (to refuse)."""
+    qc = raw.get("quantization_config")
+    if not qc:
+        return None
+    method = str(qc.get("quant_method", "?"))
+    if method not in CHECKPOINT_FP8_METHODS:
+        return method
+    if method == "compressed-tensors":
+        for group in (qc.get("config_groups") or {}).values():
+            w = group.get("weights") or {}
+            if (w.get("type"), w.get("num_bits"), w.get("strategy")) not in (("float", 8, "tensor"),
+                                                                              ("float", 8, "channel")):
+                return (f"{method} with {w.get('type')} {w.get('num_bits')}-bit weights per "
+                        f"{w.get('strategy')}")
+    return "fp8"
 
 
 def _sliding_window(raw: dict[str, Any]) -> int | None:
@@ -62,6 +83,7 @@ class ModelConfig:
     q_lora_rank: int = 0
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
+    quantization: str | None = None  # the checkpoint's own: "fp8", or an unsupported method's name
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ModelConfig:
@@ -107,6 +129,7 @@ class ModelConfig:
             q_lora_rank=int(raw.get("q_lora_rank") or 0),
             qk_rope_head_dim=int(raw.get("qk_rope_head_dim") or 0),
             v_head_dim=int(raw.get("v_head_dim") or 0),
+            quantization=_checkpoint_quantization(raw),
         )
 
     @classmethod
@@ -124,10 +147,21 @@ class ModelConfig:
         if self.clip_qkv is not None:
             raise ModelLoadError(f"clip_qkv={self.clip_qkv} in config.json is not supported; "
                                  "mgpud serves OLMoE checkpoints without a q/k/v clamp")
+        if self.quantization not in (None, "fp8"):
+            raise ModelLoadError(f"quantization {self.quantization} (config.json quantization_config) is not "
+                                 f"supported; mgpud reads fp8 checkpoints ({', '.join(CHECKPOINT_FP8_METHODS)}) "
+                                 "and quantizes bf16/fp32 checkpoints at load (--quantization int8|fp8)")
 
     def is_moe_layer(self, layer: int) -> bool:
         return (self.num_experts > 0 and layer not in self.mlp_only_layers
                 and (layer + 1) % self.decoder_sparse_step == 0)
+
+    def weight_quantization(self, asked: str | None) -> str | None:
+        """What the linear layers run in: the checkpoint's fp8, else what the load `asked`."""
+        if self.quantization is None or asked in (None, self.quantization):
+            return self.quantization or asked
+        raise ModelLoadError(f"this checkpoint is quantized to {self.quantization} already; it cannot be "
+                             f"loaded as {asked}: leave --quantization out, or load a bf16/fp32 checkpoint")
 
     def resolve_max_model_len(self, wanted: int | None) -> int:
         # Within a sliding window, full attention is exact; past it, we would be wrong.
@@ -206,6 +240,8 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     enforce_eager: bool = False  # True: no CUDA graphs for decode steps (CPU devices never use them)
     enable_expert_parallel: bool = False  # MoE: whole experts per rank instead of slices of all
+    quantization: str | None = None  # QUANTIZATIONS: the linear layers' weights, quantized at load
+    kv_cache_dtype: str = "auto"  # KV_CACHE_DTYPES
 
     def check(self) -> None:
         problems = []
@@ -221,6 +257,10 @@ class EngineConfig:
             problems.append(f"max_num_batched_tokens must be >= block_size (got {self.max_num_batched_tokens})")
         if self.dtype not in (None, "auto") and self.dtype not in _DTYPE_NAMES:
             problems.append(f"dtype {self.dtype!r} unknown; use auto, float32, bfloat16 or float16")
+        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
+            problems.append(f"quantization {self.quantization!r} unknown; use {' or '.join(QUANTIZATIONS)}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            problems.append(f"kv_cache_dtype {self.kv_cache_dtype!r} unknown; use {' or '.join(KV_CACHE_DTYPES)}")
         if problems:
             raise ModelLoadError("; ".join(problems))
 

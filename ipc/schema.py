@@ -28,6 +28,8 @@ MAX_PROMPT_TOKENS = 1 << 20
 MAX_MESSAGES = 4096
 ID_SLICE = 1 << 15  # token ids checked per pass
 DTYPES = ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
+QUANTIZATIONS = ("int8", "fp8")
+KV_CACHE_DTYPES = ("auto", "fp8")
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,10 @@ _ENGINE_LIMITS = {
     "dtype": Arg("str", choices=DTYPES, help="weights and activations dtype; default fp32 on CPU, bf16 on GPU"),
     "enable_expert_parallel": Arg("bool", help="MoE models: each rank holds whole experts (expert e of E on "
                                                "rank e * tp // E) instead of a slice of every expert"),
+    "quantization": Arg("str", choices=QUANTIZATIONS,
+                        help="quantize the linear layers' weights at load, one scale per output channel "
+                             "(embeddings, norms and the LM head keep the dtype)"),
+    "kv_cache_dtype": Arg("str", choices=KV_CACHE_DTYPES, help="KV cache: auto = the dtype; fp8 (e4m3) halves it"),
 }
 
 OPS: dict[str, Op] = {

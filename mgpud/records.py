@@ -81,6 +81,8 @@ class ReplicaFigures(RequestFigures, RankFigures):
     num_kv_blocks: int | None = None
     block_size: int | None = None
     dtype: str | None = None
+    quantization: str | None = None  # the linear layers' weights when 8-bit: int8, fp8
+    kv_cache_dtype: str | None = None  # the KV cache's: the dtype, or fp8
     max_model_len: int | None = None
     kv_bytes_per_rank: int | None = None
     weight_bytes_per_rank: list[int] = field(default_factory=list)
@@ -143,6 +145,8 @@ class ModelRecord:
     loaded_at: float | None = None  # time.time()
     stats: ModelFigures | None = None  # once the engine group exists
     auto: list[str] = field(default_factory=list)  # which of "tp", "dp" the planner chose (the load gave 0)
+    weights: str | None = None  # what the linear layers' weights hold: int8, fp8 or the dtype; once loaded
+    kv_cache_dtype: str | None = None  # once loaded
 
 
 @dataclass

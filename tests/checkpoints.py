@@ -193,3 +193,51 @@ def _shard_bytes(model: torch.nn.Module, shards: int) -> int:
     # save_pretrained never splits a tensor, so the count is only close to `shards`.
     unique = {p.data_ptr(): p.numel() * p.element_size() for p in model.parameters()}
     return -(-sum(unique.values()) // shards)
+
+
+_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def make_fp8_checkpoint(source: Path, path: Path, reference: Path, *, method: str = "compressed-tensors",
+                        per_channel: bool = True) -> Path:
+    """`source`'s linear layers quantized to float8_e4m3fn as `method` (compressed-tensors,
+    fbgemm_fp8) stores them (`weight` + `weight_scale`, per tensor or per output channel),
+    saved in `path`; `reference` gets the same model dequantized (float32, no
+    quantization_config), for transformers to run. Returns `path`."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    quantized: dict[str, torch.Tensor] = {}
+    dequantized: dict[str, torch.Tensor] = {}
+    for name, tensor in load_file(str(source / "model.safetensors")).items():
+        if name.split(".")[-2] not in _LINEAR or not name.endswith(".weight"):
+            quantized[name] = dequantized[name] = tensor
+            continue
+        amax = tensor.abs().amax(dim=1, keepdim=True) if per_channel else tensor.abs().amax().reshape(1)
+        scale = amax.float() / torch.finfo(torch.float8_e4m3fn).max
+        weight = (tensor / scale).to(torch.float8_e4m3fn)
+        quantized[name], quantized[name + "_scale"] = weight, scale
+        dequantized[name] = weight.float() * scale
+    config = json.loads((source / "config.json").read_text())
+    for folder in (path, reference):
+        folder.mkdir(parents=True, exist_ok=True)
+        for file in source.iterdir():
+            if file.name not in ("model.safetensors", "config.json"):
+                shutil.copy(file, folder / file.name)
+    save_file(quantized, str(path / "model.safetensors"))
+    save_file(dequantized, str(reference / "model.safetensors"))
+    (reference / "config.json").write_text(json.dumps(config))
+    (path / "config.json").write_text(json.dumps({**config, "quantization_config": _fp8_config(method, per_channel)}))
+    return path
+
+
+def _fp8_config(method: str, per_channel: bool) -> dict[str, Any]:
+    if method == "fbgemm_fp8":
+        return {"quant_method": "fbgemm_fp8", "activation_scale_ub": 1200.0, "modules_to_not_convert": ["lm_head"]}
+    weights = {"num_bits": 8, "type": "float", "symmetric": True, "dynamic": False,
+               "strategy": "channel" if per_channel else "tensor"}
+    activations = {"num_bits": 8, "type": "float", "symmetric": True, "dynamic": True, "strategy": "token"}
+    return {"quant_method": "compressed-tensors", "format": "float-quantized", "quantization_status": "compressed",
+            "ignore": ["lm_head"],
+            "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": activations}}}

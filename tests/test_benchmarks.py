@@ -129,6 +129,16 @@ def check_moe(r: dict[str, Any]) -> None:
         assert positive(r[shape]["tokens_per_s"]) and 0 < r[shape]["expert_balance"] <= 1, shape
 
 
+def check_quantization(r: dict[str, Any]) -> None:
+    for load in ("default", "bf16", "int8", "fp8"):
+        assert positive(r[load]["weight_bytes"]) and positive(r[load]["perplexity"]), load
+        assert positive(r[load]["decode_tok_s"]), load
+    for load in ("int8", "fp8"):
+        assert r[load]["quantization"] == load
+        assert r[load]["weight_bytes"] < r["default"]["weight_bytes"]
+        assert positive(r[load]["perplexity_ratio"]) and positive(r[load]["decode_speedup"])
+
+
 CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
     "throughput": check_throughput, "scaling": check_scaling, "kernels": check_kernels,
     "control_latency": check_control_latency, "http_overhead": check_http_overhead,
@@ -136,6 +146,7 @@ CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
     "kv_efficiency": check_kv_efficiency, "memory_overhead": check_memory_overhead,
     "load_time": check_load_time, "serving": check_serving, "gpu_engine": check_gpu_engine,
     "moe_combine": check_moe_combine, "moe": check_moe,
+    "quantization": check_quantization,
 }
 
 

@@ -237,10 +237,10 @@ def test_ps(daemon: Daemon, served: dict[str, Any]) -> None:
     result = daemon.cli("ps")
     assert result.exit_code == 0
     header, row = result.stdout.splitlines()
-    assert header.split() == ["NAME", "REPLICA", "TP", "x", "DP", "DEVICES", "STATE", "MEMORY", "KV", "USE",
-                              "RUN/WAIT", "TOK/S", "TTFT", "P95", "EXPERT", "BAL", "PIDS"]
+    assert header.split() == ["NAME", "REPLICA", "TP", "x", "DP", "DEVICES", "STATE", "WEIGHTS", "MEMORY", "KV",
+                              "USE", "RUN/WAIT", "TOK/S", "TTFT", "P95", "EXPERT", "BAL", "PIDS"]
     cells = row.split()
-    assert cells[:7] == ["tiny", "0", "1", "x", "1", "cpu:0", "ready"]
+    assert cells[:8] == ["tiny", "0", "1", "x", "1", "cpu:0", "ready", served["stats"]["replicas"][0]["dtype"]]
     assert cells[-1] == str(served["stats"]["replicas"][0]["pids"][0])
     data = json.loads(daemon.cli("ps", "--json").stdout)
     assert [m["name"] for m in data["models"]] == ["tiny"]

@@ -212,6 +212,20 @@ def test_paged_decode_attention_padding_rows_are_zero(num_splits: int) -> None:
     assert torch.equal(got[2:], torch.zeros_like(got[2:]))
 
 
+def test_paged_decode_attention_triton_reads_an_fp8_cache() -> None:
+    # --kv-cache-dtype fp8: both read e4m3 K/V and widen it; the reference is checked against
+    # the same cache widened by hand.
+    lens = [37, 16]
+    k_cache, v_cache, tables, _ = _paged_cache(lens, 3, 64, torch.float32)
+    k8, v8 = k_cache.to(torch.float8_e4m3fn), v_cache.to(torch.float8_e4m3fn)
+    context_lens = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    q = _randn(2, 9, 64)
+    want = reference.paged_decode_attention(q, k8.float(), v8.float(), tables, context_lens, 0.125)
+    torch.testing.assert_close(reference.paged_decode_attention(q, k8, v8, tables, context_lens, 0.125), want)
+    got = triton_attention.paged_decode_attention(q, k8, v8, tables, context_lens, 0.125)
+    torch.testing.assert_close(got, want, **ATTENTION_TOLERANCE[torch.float32])
+
+
 # ---------------------------------------------------------------- reference vs plain math
 
 

@@ -51,7 +51,8 @@ def replica(index: int, device_id: str, running: int, used: int, rate: float, tt
             error: str | None = None) -> ReplicaFigures:
     return ReplicaFigures(index=index, state="ready", devices=[device_id], tp=1, pids=[4100 + index],
                           running=running, waiting=0, kv_blocks_used=used, kv_blocks_total=1000,
-                          tokens_per_s_10s=rate, ttft_p50_ms=ttft / 2, ttft_p95_ms=ttft, error=error)
+                          tokens_per_s_10s=rate, ttft_p50_ms=ttft / 2, ttft_p95_ms=ttft, error=error,
+                          dtype="float32", quantization="int8", kv_cache_dtype="float32")
 
 
 def telemetry(step: int) -> dict[str, Any]:
@@ -64,7 +65,7 @@ def telemetry(step: int) -> dict[str, Any]:
                          replicas=[replica(0, "cpu:0", 4, 600, rate * 0.6, 80.0 + step),
                                    replica(1, "cpu:1", 2, 100, rate * 0.4, 60.0 + step, RESTARTED)])
     smol = ModelRecord(name="smol", model="demo", state="ready", tp=1, dp=2, devices=["cpu:0", "cpu:1"],
-                       stats=stats)
+                       stats=stats, weights="int8", kv_cache_dtype="float32")
     tiny = ModelRecord(name="tiny", model="/models/tiny", state="loading", tp=1, dp=1, devices=["cpu:2"],
                        progress=LoadProgress(phase="load", bytes_done=45, bytes_total=100, tensors_done=9,
                                              tensors_total=20, message="9/20 tensors"))
@@ -179,8 +180,8 @@ DEVICES = {
 MODEL_COLUMNS = {
     80: ["MODEL", "TPxDP", "STATE", "KV HEADROOM", "RUN/WAIT", "TOK/S", "TTFT p50/p95 ms"],
     120: ["MODEL", "TPxDP", "DEVICES", "STATE", "KV HEADROOM", "RUN/WAIT", "TOK/S", "TTFT p50/p95 ms", "ERROR"],
-    200: ["MODEL", "TPxDP", "DEVICES", "STATE", "KV HEADROOM", "RUN/WAIT", "TOK/S", "TTFT p50/p95 ms", "MAX LEN",
-          "EXPERT BAL", "PIDS", "ERROR"],
+    200: ["MODEL", "TPxDP", "DEVICES", "STATE", "KV HEADROOM", "RUN/WAIT", "TOK/S", "TTFT p50/p95 ms", "WEIGHTS",
+          "MAX LEN", "EXPERT BAL", "PIDS", "ERROR"],
 }
 # KV headroom: the share of KV blocks free (smol 700 of 2000 used; r0 600 of 1000; r1 100 of 1000).
 HEADROOM = {
@@ -191,15 +192,15 @@ HEADROOM = {
 ERRORS = {80: None, 120: "worker pid 4101 exited with…", 200: RESTARTED}  # no column at 80; cut to its width
 MODELS = {  # the last telemetry: 110 tok/s, TTFT p95 124 ms; replica rows under smol
     "smol": {"MODEL": "smol", "TPxDP": "1x2", "DEVICES": "cpu:0,cpu:1", "STATE": "ready", "RUN/WAIT": "6/2",
-             "TOK/S": "110.0", "TTFT p50/p95 ms": "35/124", "MAX LEN": "2048", "EXPERT BAL": "–", "PIDS": "4100 4101",
+             "TOK/S": "110.0", "TTFT p50/p95 ms": "35/124", "WEIGHTS": "int8", "MAX LEN": "2048", "EXPERT BAL": "–", "PIDS": "4100 4101",
              "ERROR": ""},
     " └ r0": {"MODEL": " └ r0", "TPxDP": "1x1", "DEVICES": "cpu:0", "STATE": "ready", "RUN/WAIT": "4/0",
-              "TOK/S": "66.0", "TTFT p50/p95 ms": "46/91", "MAX LEN": "", "EXPERT BAL": "–", "PIDS": "",
+              "TOK/S": "66.0", "TTFT p50/p95 ms": "46/91", "WEIGHTS": "int8", "MAX LEN": "", "EXPERT BAL": "–", "PIDS": "",
               "ERROR": ""},
     " └ r1": {"MODEL": " └ r1", "TPxDP": "1x1", "DEVICES": "cpu:1", "STATE": "ready", "RUN/WAIT": "2/0",
-              "TOK/S": "44.0", "TTFT p50/p95 ms": "36/71", "MAX LEN": "", "EXPERT BAL": "–", "PIDS": ""},
+              "TOK/S": "44.0", "TTFT p50/p95 ms": "36/71", "WEIGHTS": "int8", "MAX LEN": "", "EXPERT BAL": "–", "PIDS": ""},
     "tiny": {"MODEL": "tiny", "TPxDP": "1x1", "DEVICES": "cpu:2", "STATE": "load 45%", "RUN/WAIT": "–/–",
-             "TOK/S": "–", "TTFT p50/p95 ms": "–/–", "MAX LEN": "–", "EXPERT BAL": "–", "PIDS": "",
+             "TOK/S": "–", "TTFT p50/p95 ms": "–/–", "WEIGHTS": "–", "MAX LEN": "–", "EXPERT BAL": "–", "PIDS": "",
              "ERROR": ""},
 }
 

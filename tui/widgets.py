@@ -169,6 +169,7 @@ class _Line:
     error: str | None
     max_model_len: str
     pids: tuple[int, ...]
+    weights: str  # the linear layers' weights: int8, fp8 or the dtype
 
 
 def _lines(m: ModelRecord) -> Iterator[tuple[str, _Line]]:
@@ -176,12 +177,13 @@ def _lines(m: ModelRecord) -> Iterator[tuple[str, _Line]]:
     stats = m.stats
     yield m.name, _Line(m.name, Text(m.name, style="bold"), f"{render.count(m.tp)}x{render.count(m.dp)}",
                         m.devices, render.state(m.state, load_phase(m)), stats, m.error,
-                        render.count(stats.max_model_len if stats else None), pids(m))
+                        render.count(stats.max_model_len if stats else None), pids(m), m.weights or render.NONE)
     replicas = stats.replicas if stats else []
     if len(replicas) > 1:
         for r in replicas:
             yield f"{m.name}\0{r.index}", _Line(m.name, f" └ r{r.index}", f"{r.tp}x1", r.devices,
-                                                render.state(r.state), r, r.error, "", ())
+                                                render.state(r.state), r, r.error, "", (),
+                                                r.quantization or r.dtype or render.NONE)
 
 
 def _run_wait(f: Figures | None) -> str:
@@ -214,6 +216,7 @@ class ModelsTable(_Panel[_Line]):
         ("RUN/WAIT", ALL, lambda line, mode: _run_wait(line.figures)),
         ("TOK/S", ALL, lambda line, mode: render.rate(tokens_per_s(line.figures))),
         ("TTFT p50/p95 ms", ALL, lambda line, mode: _ttft(line.figures)),
+        ("WEIGHTS", (WIDE,), lambda line, mode: line.weights),
         ("MAX LEN", (WIDE,), lambda line, mode: line.max_model_len),
         ("EXPERT BAL", (WIDE,), lambda line, mode: _balance(line.figures)),
         ("PIDS", (WIDE,), lambda line, mode: " ".join(map(str, line.pids))),

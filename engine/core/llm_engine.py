@@ -52,6 +52,8 @@ class EngineInfo:
 
     pids: list[int]  # one per rank
     dtype: str
+    quantization: str | None  # the linear layers' when 8-bit
+    kv_cache_dtype: str  # e.g. float8_e4m3fn, bfloat16
     num_kv_blocks: int
     kv_bytes_per_rank: int
     weight_bytes_per_rank: list[int]
@@ -101,10 +103,11 @@ class LLMEngine:
         c, tp = self.config, len(self.devices)
         threads = c.threads_per_device or max(1, (os.cpu_count() or 1) // tp)
         dtype = c.dtype_name(on_cuda=self.devices[0].startswith("cuda"))
+        quantization = self.model.config.weight_quantization(c.quantization)  # refused here, before any spawn
         for rank, device in enumerate(self.devices):
             args = WorkerArgs(rank=rank, tp=tp, device=device, model_dir=str(self.model.dir),
                               model=self.model.config, max_model_len=self.model.max_model_len,
-                              dtype=dtype, threads=threads, config=c, run_dir=self._run_dir)
+                              dtype=dtype, quantization=quantization, threads=threads, config=c, run_dir=self._run_dir)
             args_file = Path(self._run_dir) / f"rank{rank}.args"
             args_file.write_bytes(pickle.dumps(args))
             env = dict(os.environ, OMP_NUM_THREADS=str(threads))
@@ -134,6 +137,7 @@ class LLMEngine:
             progress(LoadProgress("ready", message="ready"))
         ranks = [ready[r] for r in sorted(ready)]
         return EngineInfo(pids=[r["pid"] for r in ranks], dtype=ranks[0]["dtype"],
+                          quantization=ranks[0]["quantization"], kv_cache_dtype=ranks[0]["kv_cache_dtype"],
                           num_kv_blocks=ranks[0]["num_blocks"], kv_bytes_per_rank=ranks[0]["kv_bytes"],
                           weight_bytes_per_rank=[r["weight_bytes"] for r in ranks],
                           peak_activation_bytes_per_rank=[r["peak_activation_bytes"] for r in ranks],

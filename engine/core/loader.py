@@ -20,8 +20,9 @@ from mgpud.records import LoadProgress
 from ..exceptions import ModelLoadError
 from ..jsonfile import damaged, read_json
 
-# Buffers some checkpoints carry that we compute ourselves.
-_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+# Buffers some checkpoints carry that we compute ourselves; fp8 checkpoints' static
+# activation scales, unused where activations stay in the model dtype.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq", ".input_scale")
 _DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I8": 1, "U8": 1,
                 "F8_E4M3": 1, "F8_E5M2": 1, "BOOL": 1}
 
@@ -124,7 +125,7 @@ def load_weights(model: nn.Module, model_dir: Path,
                 done.tensors_done += 1
                 if progress:
                     progress(done)
-    missing = sorted(set(params) - loaded)
+    missing = sorted(n for n in set(params) - loaded if not getattr(params[n], "from_weight", False))
     if missing:
         raise ModelLoadError(f"{model_dir}: checkpoint lacks {len(missing)} tensor(s), e.g. "
                              f"{', '.join(missing[:3])}")

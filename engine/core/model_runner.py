@@ -16,6 +16,7 @@ from .batch import StepInput, to_device
 from .cuda_graphs import DecodeGraphs, capture_decode_graphs
 from .layers.attention import AttentionMetadata, KVCache
 from .layers.moe import SparseMoE, balance
+from .layers.quant import FP8, linear_method
 from .loader import load_weights
 from .memory import peak_rss
 from .models import model_class
@@ -27,15 +28,20 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class ModelRunner:
     def __init__(self, model_cfg: ModelConfig, model_dir: Path, group: TPGroup, device: torch.device,
                  dtype: str, max_model_len: int, block_size: int,
-                 progress: Callable[[LoadProgress], None] | None = None, expert_parallel: bool = False):
+                 progress: Callable[[LoadProgress], None] | None = None, expert_parallel: bool = False,
+                 quantization: str | None = None, kv_cache_dtype: str = "auto"):
+        """quantization: the linear layers' (ModelConfig.weight_quantization); kv_cache_dtype:
+        auto (the model dtype) or fp8 (e4m3, widened to the model dtype when read)."""
         self.cfg = model_cfg
         self.group = group
         self.device = device
         self.dtype = DTYPES[dtype]
+        self.kv_dtype = FP8 if kv_cache_dtype == "fp8" else self.dtype
         self.block_size = block_size
         self.max_model_len = max_model_len
         with torch.device(device):
-            self.model = model_class(model_cfg)(model_cfg, group, self.dtype, max_model_len, expert_parallel)
+            method = linear_method(quantization, prequantized=model_cfg.quantization is not None)
+            self.model = model_class(model_cfg)(model_cfg, group, self.dtype, max_model_len, expert_parallel, method)
         load_weights(self.model, model_dir, progress)
         self.caches: list[KVCache] = []
         self.graphs: DecodeGraphs | None = None  # decode steps replay these once captured
@@ -56,7 +62,7 @@ class ModelRunner:
 
     @property
     def kv_block_bytes(self) -> int:
-        return self.cfg.kv_bytes_per_token(self.dtype.itemsize, self.group.size) * self.block_size
+        return self.cfg.kv_bytes_per_token(self.kv_dtype.itemsize, self.group.size) * self.block_size
 
     def profile(self, num_tokens: int, max_num_seqs: int) -> int:
         """Peak activation bytes of a prefill step of `num_tokens` tokens (measured)."""
@@ -99,7 +105,7 @@ class ModelRunner:
     def _dummy_caches(self) -> Iterator[None]:
         """A one-block KV cache that profiling steps may run over (their slots are -1)."""
         heads = self.cfg.num_kv_heads // self.group.size
-        dummy = torch.zeros(1, self.block_size, heads, self.cfg.head_dim, dtype=self.dtype, device=self.device)
+        dummy = torch.zeros(1, self.block_size, heads, self.cfg.head_dim, dtype=self.kv_dtype, device=self.device)
         self.caches = [(dummy, dummy)] * self.cfg.num_layers
         try:
             yield
@@ -119,7 +125,7 @@ class ModelRunner:
         heads = self.cfg.num_kv_heads // self.group.size
         shape = (self.cfg.num_layers, 2, num_blocks, self.block_size, heads, self.cfg.head_dim)
         # Zeroed, not empty: masked-out slots must never hold NaN bit patterns.
-        self.kv = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.kv = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
         self.caches = [(layer[0], layer[1]) for layer in self.kv]
 
     def capture_graphs(self, max_num_seqs: int) -> int:

@@ -37,6 +37,7 @@ class WorkerArgs:
     model: ModelConfig  # read once by the serving layer
     max_model_len: int
     dtype: str
+    quantization: str | None  # the linear layers' (ModelConfig.weight_quantization)
     threads: int
     config: EngineConfig  # the replica's limits: block size, batch sizes, memory budget
     run_dir: str  # private to this replica: sockets and the rendezvous file
@@ -83,7 +84,7 @@ class Worker:
         progress = self._progress if a.rank == 0 else None
         self.runner = ModelRunner(a.model, Path(a.model_dir), self.group, self.device, a.dtype,
                                   a.max_model_len, a.config.block_size, progress,
-                                  a.config.enable_expert_parallel)
+                                  a.config.enable_expert_parallel, a.quantization, a.config.kv_cache_dtype)
         graphs = self.device.type == "cuda" and not a.config.enforce_eager
         peak = graph_reserve = 0  # an explicit KV budget needs no measurement (and saves a full-size forward)
         if a.config.kv_cache_memory is None:
@@ -99,7 +100,8 @@ class Worker:
             if a.rank == 0:
                 self.send("progress", progress=LoadProgress("profile", message="capturing CUDA graphs"))
             graph_bytes = self.runner.capture_graphs(a.config.max_num_seqs)
-        self.send("ready", rank=a.rank, pid=os.getpid(), dtype=a.dtype, weight_bytes=self.runner.weight_bytes,
+        self.send("ready", rank=a.rank, pid=os.getpid(), dtype=a.dtype, quantization=a.quantization,
+                  kv_cache_dtype=str(self.runner.kv_dtype).removeprefix("torch."), weight_bytes=self.runner.weight_bytes,
                   peak_activation_bytes=peak, graph_bytes=graph_bytes, num_blocks=num_blocks,
                   kv_bytes=num_blocks * self.runner.kv_block_bytes)
 

@@ -13,7 +13,7 @@ KV room, so the KV figures here are what profiling starts from.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,9 @@ def activation_bytes(dtype: str) -> int:  # bytes per value
     return 4 if dtype == "fp32" else 2
 
 
-def kv_dtype(dtype: str) -> str:
+def kv_dtype(dtype: str, kv_cache_dtype: str = "auto") -> str:
+    if kv_cache_dtype == "fp8":
+        return "fp8"
     return dtype if DTYPES[dtype] >= 2 else "bf16"
 
 
@@ -75,14 +77,18 @@ def routed_expert_params(cfg: ModelConfig) -> int:
     return cfg.moe_layers() * cfg.expert_params() * cfg.num_experts
 
 
-def weight_bytes(cfg: ModelConfig, dtype: str, tp: int, expert_parallel: bool = False) -> int:  # per device
+def weight_bytes(cfg: ModelConfig, dtype: str, tp: int, quantization: str | None = None,
+                 expert_parallel: bool = False) -> int:  # bytes per device
+    """dtype: the model's; quantization: the linear layers' when 8-bit (their per-channel
+    scales, under 1% of them, are left out; routed experts stay in the dtype)."""
     g, wide, narrow = param_groups(cfg), activation_bytes(dtype), DTYPES[dtype]
+    linear = DTYPES[quantization or dtype]
     experts = routed_expert_params(cfg)
     if expert_parallel:  # the fullest rank holds ceil(E / tp) whole experts
         held = cfg.moe_layers() * cfg.expert_params() * _ceil_div(cfg.num_experts, tp) * narrow
     else:
         held = _ceil_div(experts * narrow, tp)
-    return (_ceil_div((g.linear - experts) * narrow, tp) + held + _ceil_div(g.sharded * wide, tp)
+    return (_ceil_div((g.linear - experts) * linear, tp) + held + _ceil_div(g.sharded * wide, tp)
             + g.replicated * wide)
 
 
@@ -90,8 +96,8 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def kv_bytes_per_token(cfg: ModelConfig, dtype: str, tp: int) -> int:  # bytes per device
-    return cfg.kv_bytes_per_token(activation_bytes(dtype), tp)
+def kv_bytes_per_token(cfg: ModelConfig, dtype: str, tp: int, kv_cache_dtype: str = "auto") -> int:  # bytes per device
+    return cfg.kv_bytes_per_token(DTYPES[kv_dtype(dtype, kv_cache_dtype)], tp)
 
 
 def allreduce_bytes_per_token(cfg: ModelConfig, dtype: str, tp: int, expert_parallel: bool = False) -> int:
@@ -132,7 +138,8 @@ class StepTime:
 
 
 def decode_step(cfg: ModelConfig, hw: Hardware, dtype: str, tp: int, batch: int,
-                context: int, expert_parallel: bool = False) -> StepTime:
+                context: int, expert_parallel: bool = False, quantization: str | None = None,
+                kv_cache_dtype: str = "auto") -> StepTime:
     """One decode step of `batch` sequences holding `context` tokens each, on a tp-way replica."""
     h, layers = cfg.hidden_size, cfg.num_layers
     q = cfg.num_heads * cfg.head_dim
@@ -140,8 +147,9 @@ def decode_step(cfg: ModelConfig, hw: Hardware, dtype: str, tp: int, batch: int,
     flop = 2 * matrices + 4 * context * q * layers  # per token
     # 8-bit weights are dequantized into 16-bit matmuls (weight-only), so they run at 16-bit rates.
     compute = batch * flop / tp / (hw.flops32 if dtype == "fp32" else hw.flops16)
-    weights = weight_bytes(cfg, dtype, tp, expert_parallel) - _unread_expert_bytes(cfg, dtype, tp, batch)
-    memory = (weights + batch * context * kv_bytes_per_token(cfg, dtype, tp)) / hw.memory_bandwidth
+    weights = weight_bytes(cfg, dtype, tp, quantization, expert_parallel) - _unread_expert_bytes(cfg, dtype, tp, batch)
+    kv = kv_bytes_per_token(cfg, dtype, tp, kv_cache_dtype)
+    memory = (weights + batch * context * kv) / hw.memory_bandwidth
     comm = 0.0
     if tp > 1:
         message = batch * h * activation_bytes(dtype)
@@ -161,9 +169,11 @@ def _unread_expert_bytes(cfg: ModelConfig, dtype: str, tp: int, batch: int) -> f
 
 
 def knee_tp(cfg: ModelConfig, hw: Hardware, dtype: str, tps: list[int], batch: int,
-            context: int, expert_parallel: bool = False) -> int:
+            context: int, expert_parallel: bool = False, quantization: str | None = None,
+            kv_cache_dtype: str = "auto") -> int:
     """The tp past which the next valid tp adds less than MIN_GAIN decode throughput per replica."""
-    rates = [batch / decode_step(cfg, hw, dtype, tp, batch, context, expert_parallel).total for tp in tps]
+    rates = [batch / decode_step(cfg, hw, dtype, tp, batch, context, expert_parallel, quantization,
+                                 kv_cache_dtype).total for tp in tps]
     return next((tps[i] for i in range(len(tps) - 1) if rates[i + 1] < rates[i] * (1 + MIN_GAIN)),
                 tps[-1])
 
@@ -212,6 +222,7 @@ class Plan:
     reasons: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     expert_parallel: bool = False  # MoE experts placed whole on ranks
+    quantization: str | None = None  # the linear layers', when 8-bit: fp8 or int8
 
     @property
     def chosen_shape(self) -> Shape | None:
@@ -241,6 +252,9 @@ class _Ask:
     max_seqs: int  # the engine's max_num_seqs: rows of logits in that step
     kv_cache_memory: int | None  # bytes per device when set explicitly (no profiling then)
     expert_parallel: bool  # MoE: whole experts per rank (all-to-all traffic) instead of slices
+    quantization: str | None = None  # the linear layers' when 8-bit
+    kv_cache_dtype: str = "auto"
+    model: str = ""  # as the user named it, for the advice's command line
 
 
 def plan(model: ModelConfig | str | Path, devices: DeviceSet | str | None = None, *,
@@ -248,7 +262,8 @@ def plan(model: ModelConfig | str | Path, devices: DeviceSet | str | None = None
          memory_utilization: float = 0.9, tp: int = 0, dp: int = 0, block_size: int = 16,
          device_memory: int | None = None, max_num_seqs: int = 256,
          max_num_batched_tokens: int = 2048, kv_cache_memory: int | None = None,
-         enable_expert_parallel: bool = False) -> Plan:
+         enable_expert_parallel: bool = False, quantization: str | None = None,
+         kv_cache_dtype: str = "auto") -> Plan:
     """Every (tp, dp) shape for `model` on `devices`, and the one to use.
 
     model: a ModelConfig, a model directory, a config.json, or a preset name.
@@ -259,8 +274,11 @@ def plan(model: ModelConfig | str | Path, devices: DeviceSet | str | None = None
     device_memory: bytes per CPU device (default: a share of RAM).
     kv_cache_memory: KV bytes per device, as a load with that setting would allocate.
     enable_expert_parallel: MoE experts placed whole, expert e of E on rank e * tp // E.
+    quantization: int8 or fp8 linear layers, as `mgpud load --quantization` (an fp8 checkpoint
+    is fp8 without it); kv_cache_dtype: auto or fp8, as `mgpud load --kv-cache-dtype`.
     """
     _check_knobs(max_model_len, concurrency, memory_utilization, tp, dp, block_size)
+    _check_precision(quantization, kv_cache_dtype)
     cfg, label = load_model(model)
     if enable_expert_parallel and not cfg.num_experts:
         raise PlanError(f"{label}: expert parallelism needs a mixture-of-experts model; {cfg.architecture} "
@@ -269,24 +287,26 @@ def plan(model: ModelConfig | str | Path, devices: DeviceSet | str | None = None
         raise PlanError(f"{label}: the planner cannot model architecture {cfg.architecture} (its parameter and "
                         f"KV-cache layout are unknown to it) and gives no figures rather than wrong ones; "
                         f"it models {', '.join(MODELLED_ARCHITECTURES)}")
+    quantization = quantization or (cfg.quantization if cfg.quantization in DTYPES else None)
     pool = devices if isinstance(devices, DeviceSet) else device_set(devices, device_memory)
     wdtype = normalize_dtype(dtype or default_dtype(pool.kind == "cuda"))  # the engine's default
     ask = _Ask(cfg, pool.hardware, wdtype, device_budget(pool, memory_utilization),
                max_model_len or cfg.max_position_embeddings, concurrency, block_size,
-               max_num_batched_tokens, max_num_seqs, kv_cache_memory, enable_expert_parallel)
+               max_num_batched_tokens, max_num_seqs, kv_cache_memory, enable_expert_parallel, quantization,
+               kv_cache_dtype, str(model))
     valid = cfg.valid_tp_degrees(pool.count)
     shapes = [_shape(ask, t, d) for t in valid for d in range(1, pool.count // t + 1)]
-    knee = (knee_tp(cfg, ask.hw, wdtype, valid, concurrency, ask.length // 2, enable_expert_parallel)
-            if ask.hw else None)
+    knee = (knee_tp(cfg, ask.hw, wdtype, valid, concurrency, ask.length // 2, enable_expert_parallel,
+                    quantization, kv_cache_dtype) if ask.hw else None)
     chosen, reasons = (_explicit(ask, shapes, pool.count, tp, dp) if tp
                        else _auto(ask, shapes, pool, dp))
     if chosen and knee and (text := _knee_reason(chosen[0], knee, valid)):
         reasons.append(text)
     return Plan(label, cfg.architecture, cfg.param_count(), cfg.param_count(active=True), pool.label, pool.count,
                 pool.memory,
-                ask.budget, wdtype, kv_dtype(wdtype), ask.length, concurrency, memory_utilization,
+                ask.budget, wdtype, kv_dtype(wdtype, kv_cache_dtype), ask.length, concurrency, memory_utilization,
                 block_size, shapes, _impossible(cfg, pool.count), knee, chosen, reasons,
-                list(pool.notes) + _notes(ask), enable_expert_parallel)
+                list(pool.notes) + _notes(ask), enable_expert_parallel, quantization)
 
 
 def _check_knobs(max_model_len: int | None, concurrency: int, utilization: float, tp: int,
@@ -304,6 +324,13 @@ def _check_knobs(max_model_len: int | None, concurrency: int, utilization: float
         problems.append(f"block size must be a power of two (got {block_size})")
     if problems:
         raise PlanError("; ".join(problems))
+
+
+def _check_precision(quantization: str | None, kv_cache_dtype: str) -> None:
+    if quantization not in (None, "int8", "fp8"):
+        raise PlanError(f"quantization {quantization!r} unknown; use int8 or fp8")
+    if kv_cache_dtype not in ("auto", "fp8"):
+        raise PlanError(f"kv_cache_dtype {kv_cache_dtype!r} unknown; use auto or fp8")
 
 
 def load_model(model: ModelConfig | str | Path) -> tuple[ModelConfig, str]:
@@ -345,8 +372,8 @@ def activation_peak_bytes(cfg: ModelConfig, dtype: str, tp: int, batched_tokens:
 
 
 def _shape(ask: _Ask, tp: int, dp: int) -> Shape:
-    weights = weight_bytes(ask.cfg, ask.dtype, tp, ask.expert_parallel)
-    per_token = kv_bytes_per_token(ask.cfg, ask.dtype, tp)
+    weights = weight_bytes(ask.cfg, ask.dtype, tp, ask.quantization, ask.expert_parallel)
+    per_token = kv_bytes_per_token(ask.cfg, ask.dtype, tp, ask.kv_cache_dtype)
     if ask.kv_cache_memory is not None:
         room = ask.kv_cache_memory
     else:
@@ -355,8 +382,8 @@ def _shape(ask: _Ask, tp: int, dp: int) -> Shape:
     tokens = room // (per_token * ask.block_size) * ask.block_size
     sequences = tokens // (_ceil_div(ask.length, ask.block_size) * ask.block_size)
     batch = min(ask.concurrency, sequences)
-    step = (decode_step(ask.cfg, ask.hw, ask.dtype, tp, batch, ask.length // 2, ask.expert_parallel)
-            if ask.hw and batch else None)
+    step = (decode_step(ask.cfg, ask.hw, ask.dtype, tp, batch, ask.length // 2, ask.expert_parallel,
+                        ask.quantization, ask.kv_cache_dtype) if ask.hw and batch else None)
     rate = dp * batch / step.total if step else (0.0 if ask.hw else None)
     per_token_ar = allreduce_bytes_per_token(ask.cfg, ask.dtype, tp, ask.expert_parallel)
     # An explicit KV size is allocated as given: the engine then checks no memory budget.
@@ -407,8 +434,7 @@ def _auto(ask: _Ask, shapes: list[Shape], pool: DeviceSet,
     pick = enough or next((s for s in singles if s.fits), None)
     reasons = [f"tp={s.tp}: {s.why}" for s in singles if pick is None or s.tp < pick.tp]
     if pick is None:
-        return None, reasons + [f"nothing fits on {pool.label}: use more devices, fp8/int8 weights, "
-                                "or a lower --max-model-len"]
+        return None, reasons + [f"nothing fits on {pool.label}: " + _smaller(ask, pool, limit)]
     if enough:
         need = ask.concurrency * ask.length * pick.kv_bytes_per_token
         reasons.append(f"tp={pick.tp} is the smallest TP that holds the weights "
@@ -416,15 +442,49 @@ def _auto(ask: _Ask, shapes: list[Shape], pool: DeviceSet,
                        f"of {ask.length} tokens ({fmt_bytes(need)} of {fmt_bytes(pick.kv_per_device)}) "
                        "per device")
     else:
+        fewer = _smaller_flags(ask, pool, limit)
         reasons.append(f"no TP up to {limit} holds {ask.concurrency} sequences of {ask.length} tokens; "
                        f"tp={pick.tp} is the smallest that fits, holding {pick.sequences}: lower "
-                       "--max-model-len or the concurrency, or use fp8/int8 weights")
+                       "--max-model-len or the concurrency" + (f", or {_flags(ask, fewer)}" if fewer else ""))
     replicas = dp or pool.count // pick.tp
     idle = pool.count - replicas * pick.tp
     reasons.append(f"dp={replicas}: " + (f"{_count(pool.count, 'device')} // tp={pick.tp}" if not dp
                                          else "as asked")
                    + (f"; {_count(idle, 'device')} left idle" if idle else ""))
     return (pick.tp, replicas), reasons
+
+
+# The load flags that shrink a model, mildest first: 8-bit weights, then an fp8 KV cache too.
+def _flag_sets(ask: _Ask, pool: DeviceSet) -> list[dict[str, str]]:
+    weights = "fp8" if pool.kind == "cuda" else "int8"  # int8 is the fast one on CPUs
+    sets = [] if ask.quantization else [{"quantization": weights}]
+    if ask.kv_cache_dtype != "fp8":
+        sets.append({**({} if ask.quantization else {"quantization": weights}), "kv_cache_dtype": "fp8"})
+    return sets
+
+
+def _smaller_flags(ask: _Ask, pool: DeviceSet, limit: int | None = None) -> tuple[dict[str, str], Shape] | None:
+    """The mildest flags with which some single replica holds a sequence, and that shape."""
+    limit = limit or pool.count
+    for flags in _flag_sets(ask, pool):
+        smaller = replace(ask, **flags)
+        fits = [s for t in ask.cfg.valid_tp_degrees(limit) if (s := _shape(smaller, t, 1)).fits]
+        if fits:
+            return flags, fits[0]
+    return None
+
+
+def _flags(ask: _Ask, found: tuple[dict[str, str], Shape]) -> str:
+    flags, shape = found
+    words = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in flags.items())
+    return f"`mgpud load {ask.model} {words}` fits at tp={shape.tp}"
+
+
+def _smaller(ask: _Ask, pool: DeviceSet, limit: int) -> str:
+    found = _smaller_flags(ask, pool, limit)
+    if found:
+        return _flags(ask, found) + " (or use more devices, or a lower --max-model-len)"
+    return "use more devices or a lower --max-model-len"
 
 
 def _knee_reason(tp: int, knee: int, valid: list[int]) -> str | None:

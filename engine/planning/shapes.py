@@ -26,14 +26,15 @@ def _problem(model: ModelConfig, cfg: EngineConfig, tp: int, dp: int, devices: i
     if tp * dp > devices:
         return f"tp={tp} x dp={dp} needs {tp * dp} devices but {devices} are available to this model"
     dtype = normalize_dtype(cfg.dtype_name(on_cuda=False))
-    need = max_model_len * kv_bytes_per_token(model, dtype, tp)
+    need = max_model_len * kv_bytes_per_token(model, dtype, tp, cfg.kv_cache_dtype)
     if cfg.kv_cache_memory is not None:
         room = cfg.kv_cache_memory
     else:
         # CPU devices: a share of RAM unless configured; CUDA budgets are measured at load.
         capacity = cfg.device_memory or cpu_device_memory(devices)
         room = (int(capacity * cfg.memory_utilization) - RUNTIME_MEMORY["cpu"]
-                - weight_bytes(model, dtype, tp, cfg.enable_expert_parallel)
+                - weight_bytes(model, dtype, tp, model.weight_quantization(cfg.quantization),
+                               cfg.enable_expert_parallel)
                 - activation_peak_bytes(model, dtype, tp, cfg.max_num_batched_tokens, cfg.max_num_seqs))
     if room < need:
         return (f"at tp={tp} one max_model_len={max_model_len} sequence needs {fmt_bytes(need)} of KV "

@@ -52,6 +52,7 @@ class Replica:
         if engine is not None:
             info = engine.info
             fig.pids, fig.dtype, fig.num_kv_blocks = info.pids, info.dtype, info.num_kv_blocks
+            fig.quantization, fig.kv_cache_dtype = info.quantization, info.kv_cache_dtype
             fig.kv_bytes_per_rank, fig.weight_bytes_per_rank = info.kv_bytes_per_rank, info.weight_bytes_per_rank
             fig.peak_activation_bytes_per_rank = info.peak_activation_bytes_per_rank
             fig.graph_bytes_per_rank = info.graph_bytes_per_rank

@@ -13,6 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+FP8 = torch.float8_e4m3fn  # the fp8 KV cache's dtype (e4m3: more mantissa than e5m2, range enough for K/V)
+FP8_MAX = torch.finfo(FP8).max
+
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     if x.dtype == torch.float32 and weight.dtype == torch.float32:
@@ -114,10 +117,26 @@ def store_kv(
         keep = (slot_mapping >= 0).nonzero().squeeze(1)
         key, value, slot_mapping = key[keep], value[keep], slot_mapping[keep]
     # Caches are allocated contiguous, so block and offset flatten into one slot index.
-    k_slots = k_cache.view(-1, *k_cache.shape[2:])
-    v_slots = v_cache.view(-1, *v_cache.shape[2:])
-    k_slots.index_copy_(0, slot_mapping, key.to(k_cache.dtype))
-    v_slots.index_copy_(0, slot_mapping, value.to(v_cache.dtype))
+    _slots(k_cache).index_copy_(0, slot_mapping, _stored(key, k_cache.dtype))
+    _slots(v_cache).index_copy_(0, slot_mapping, _stored(value, v_cache.dtype))
+
+
+# index_copy_ has no float8 kernel on CPU: an fp8 cache is written as its bytes.
+def _slots(cache: Tensor) -> Tensor:
+    slots = cache.view(-1, *cache.shape[2:])
+    return slots.view(torch.uint8) if cache.dtype == FP8 else slots
+
+
+def _stored(x: Tensor, dtype: torch.dtype) -> Tensor:
+    if dtype != FP8:
+        return x.to(dtype)
+    # Saturated: a value past fp8's range would turn into NaN.
+    return x.clamp(-FP8_MAX, FP8_MAX).to(FP8).view(torch.uint8)
+
+
+def _widen(x: Tensor, like: Tensor) -> Tensor:
+    """Cached K/V as attention reads them: an fp8 cache is widened to the queries' dtype."""
+    return x if x.dtype == like.dtype else x.to(like.dtype)
 
 
 # Grow-only scratch for the K/V gather, per thread, device and dtype. Allocating the
@@ -158,8 +177,8 @@ def paged_decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_ta
     rows = (slots.view(batch, 1, length) * num_kv_heads + heads[None, :, None]).view(-1)
     shape = (batch, num_kv_heads, length, head_dim)
     gathered = _gather_buffer(2 * rows.numel() * head_dim, k_cache).view(2, rows.numel(), head_dim)
-    keys = torch.index_select(k_cache.view(-1, head_dim), 0, rows, out=gathered[0]).view(shape)
-    values = torch.index_select(v_cache.view(-1, head_dim), 0, rows, out=gathered[1]).view(shape)
+    keys = _widen(torch.index_select(k_cache.view(-1, head_dim), 0, rows, out=gathered[0]).view(shape), q)
+    values = _widen(torch.index_select(v_cache.view(-1, head_dim), 0, rows, out=gathered[1]).view(shape), q)
     positions = torch.arange(length, device=q.device)
     mask = (positions[None, :] < context_lens[:, None].to(positions.dtype))[:, None, None, :]
 
@@ -174,8 +193,8 @@ def paged_prefill_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_t
     attending causally over the cache -> [n, nq, d]. Gathers the context first."""
     n, block_size = q.shape[0], k_cache.shape[1]
     blocks = block_table[:-(-context_len // block_size)].long()
-    keys = k_cache.index_select(0, blocks).flatten(0, 1)[:context_len]
-    values = v_cache.index_select(0, blocks).flatten(0, 1)[:context_len]
+    keys = _widen(k_cache.index_select(0, blocks).flatten(0, 1)[:context_len], q)
+    values = _widen(v_cache.index_select(0, blocks).flatten(0, 1)[:context_len], q)
     rows = torch.arange(n, device=q.device)[:, None] + (context_len - n)
     mask = torch.arange(context_len, device=q.device)[None, :] <= rows
     return causal_attention(q, keys, values, scale, mask)

@@ -2,11 +2,13 @@
 
 Each parameter carries a `weight_loader(param, source, shard)` that reads exactly this
 rank's part of a checkpoint tensor through a safetensors slice, so no rank ever
-materialises rows or columns it does not keep.
+materialises rows or columns it does not keep. How the weight is kept and multiplied
+(model dtype, int8, fp8) is the layer's `method` (quant.py).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -14,12 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..parallel import TPGroup, split_range
+from .quant import LinearMethod, Unquantized, parameter
+
+_AMAX_ROWS = 256  # rows read at a time when a row-parallel layer needs whole-row maxima
 
 
-def _param(shape: tuple[int, ...], dtype: torch.dtype, loader: Any) -> nn.Parameter:
-    p = nn.Parameter(torch.empty(shape, dtype=dtype), requires_grad=False)
-    p.weight_loader = loader
-    return p
+def _per_tensor(source: Any) -> bool:
+    return math.prod(source.get_shape()) == 1
 
 
 class ColumnParallelLinear(nn.Module):
@@ -31,7 +34,7 @@ class ColumnParallelLinear(nn.Module):
     """
 
     def __init__(self, in_features: int, parts: list[int], group: TPGroup,
-                 bias: bool, dtype: torch.dtype):
+                 bias: bool, dtype: torch.dtype, method: LinearMethod | None = None):
         super().__init__()
         for width in parts:
             assert width % group.size == 0, f"{width} rows do not split over tp={group.size}"
@@ -39,49 +42,71 @@ class ColumnParallelLinear(nn.Module):
         self.parts = parts
         self.local_parts = [w // group.size for w in parts]
         out = sum(self.local_parts)
-        self.weight = _param((out, in_features), dtype, self._load)
-        self.bias = _param((out,), dtype, self._load) if bias else None
+        self.method = method or Unquantized()
+        self.method.create(self, out, in_features, dtype, self._load)
+        self.bias = parameter((out,), dtype, self._load) if bias else None
 
     def _load(self, param: nn.Parameter, source: Any, shard: int) -> None:
         start, end = split_range(self.parts[shard], self.group.rank, self.group.size)
         offset = sum(self.local_parts[:shard])
-        param.data[offset:offset + end - start].copy_(source[start:end])
+        if param is self.weight:
+            block = source[start:end]  # whole rows: their maxima are at hand
+            self.method.store(self, offset, block, lambda: block.float().abs().amax(dim=1))
+        elif param is self.bias:
+            param.data[offset:offset + end - start].copy_(source[start:end])
+        else:  # a quantized checkpoint's weight_scale
+            scale = source[...] if _per_tensor(source) else source[start:end]
+            self.method.store_scale(self, offset, end - start, scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return self.method.apply(self, x, self.bias)
 
 
 class RowParallelLinear(nn.Module):
     """y = x W^T with W split by input columns; partial sums are all-reduced."""
 
-    def __init__(self, in_features: int, out_features: int, group: TPGroup, dtype: torch.dtype):
+    def __init__(self, in_features: int, out_features: int, group: TPGroup, dtype: torch.dtype,
+                 method: LinearMethod | None = None):
         super().__init__()
         assert in_features % group.size == 0
         self.group = group
         self.in_features = in_features
-        self.weight = _param((out_features, in_features // group.size), dtype, self._load)
+        self.method = method or Unquantized()
+        self.method.create(self, out_features, in_features // group.size, dtype, self._load)
 
     def _load(self, param: nn.Parameter, source: Any, shard: int) -> None:
-        start, end = split_range(self.in_features, self.group.rank, self.group.size)
-        param.data.copy_(source[:, start:end])
+        if param is self.weight:
+            start, end = split_range(self.in_features, self.group.rank, self.group.size)
+            self.method.store(self, 0, source[:, start:end], lambda: _row_amax(source))
+        else:  # a quantized checkpoint's weight_scale: output rows are not split
+            scale = source[...] if _per_tensor(source) else source[:]
+            self.method.store_scale(self, 0, self.weight.shape[0], scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.group.all_reduce(self.partial(x))
 
     def partial(self, x: torch.Tensor) -> torch.Tensor:
         """This rank's addend of y, for a caller that folds it into a later all-reduce."""
-        return F.linear(x, self.weight)
+        return self.method.apply(self, x, None)
 
 
 class ReplicatedLinear(nn.Module):
-    """y = x W^T with the whole W on every rank (a router: a few rows, needed by all)."""
+    """y = x W^T with the whole W on every rank (a router: a few rows, needed by all), kept
+    in the model dtype: routing decisions flip on small differences."""
 
     def __init__(self, in_features: int, out_features: int, dtype: torch.dtype):
         super().__init__()
-        self.weight = _param((out_features, in_features), dtype, load_replicated)
+        self.weight = parameter((out_features, in_features), dtype, load_replicated)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight)
+
+
+def _row_amax(source: Any) -> torch.Tensor:
+    """|max| of each whole checkpoint row, read a few rows at a time: a rank keeps only its
+    columns, but scales taken over whole rows quantize alike at every TP degree."""
+    rows = source.get_shape()[0]
+    return torch.cat([source[r:r + _AMAX_ROWS].float().abs().amax(dim=1) for r in range(0, rows, _AMAX_ROWS)])
 
 
 def load_replicated(param: nn.Parameter, source: Any, shard: int) -> None:

@@ -10,6 +10,7 @@ from torch import nn
 
 from ...config import ModelConfig
 from ..layers.moe import SparseMoE
+from ..layers.quant import LinearMethod
 from ..parallel import TPGroup
 from .llama import PACKED, LlamaForCausalLM
 
@@ -22,9 +23,11 @@ class MoEForCausalLM(LlamaForCausalLM):
     """Qwen2-MoE (shared expert from its config); the MoE layers are those the config names."""
 
     def layer_mlp(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype, layer: int,
-            expert_parallel: bool) -> nn.Module:
+                  expert_parallel: bool, method: LinearMethod) -> nn.Module:
         if not cfg.is_moe_layer(layer):
-            return super().layer_mlp(cfg, group, dtype, layer, expert_parallel)
+            return super().layer_mlp(cfg, group, dtype, layer, expert_parallel, method)
+        # The routed experts are stacked tensors of their own, kept in the model dtype: the
+        # quantization methods cover the attention and dense MLP projections only.
         return SparseMoE(cfg, group, dtype, expert_parallel)
 
 

@@ -18,6 +18,7 @@ from ..layers.attention import AttentionMetadata, KVCache, paged_attention
 from ..layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from ..layers.linear import ColumnParallelLinear, RowParallelLinear
 from ..layers.norm import RMSNorm, SplitRMSNorm, split_rms_norm
+from ..layers.quant import LinearMethod, Unquantized
 from ..parallel import TPGroup
 
 # checkpoint name fragment -> (our fused module, which part of it)
@@ -31,7 +32,8 @@ class LlamaAttention(nn.Module):
     """qk_norm: None; "head" (Qwen3: RMSNorm over each head, replicated); or "full" (OLMoE:
     RMSNorm over the whole q and k projections, split across ranks)."""
 
-    def __init__(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype, qk_norm: str | None = None):
+    def __init__(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype, method: LinearMethod,
+                 qk_norm: str | None = None):
         super().__init__()
         d = cfg.head_dim
         self.num_heads = cfg.num_heads // group.size
@@ -40,8 +42,8 @@ class LlamaAttention(nn.Module):
         self.scale = d ** -0.5
         self.qkv_proj = ColumnParallelLinear(
             cfg.hidden_size, [cfg.num_heads * d, cfg.num_kv_heads * d, cfg.num_kv_heads * d],
-            group, bias=cfg.qkv_bias, dtype=dtype)
-        self.o_proj = RowParallelLinear(cfg.num_heads * d, cfg.hidden_size, group, dtype)
+            group, bias=cfg.qkv_bias, dtype=dtype, method=method)
+        self.o_proj = RowParallelLinear(cfg.num_heads * d, cfg.hidden_size, group, dtype, method)
         self.qk_norm = qk_norm
         if qk_norm == "head":
             self.q_norm = RMSNorm(d, cfg.rms_norm_eps, dtype)
@@ -67,10 +69,10 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, hidden: int, i: int, group: TPGroup, dtype: torch.dtype):
+    def __init__(self, hidden: int, i: int, group: TPGroup, dtype: torch.dtype, method: LinearMethod):
         super().__init__()
-        self.gate_up_proj = ColumnParallelLinear(hidden, [i, i], group, bias=False, dtype=dtype)
-        self.down_proj = RowParallelLinear(i, hidden, group, dtype)
+        self.gate_up_proj = ColumnParallelLinear(hidden, [i, i], group, bias=False, dtype=dtype, method=method)
+        self.down_proj = RowParallelLinear(i, hidden, group, dtype, method)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
@@ -78,10 +80,10 @@ class LlamaMLP(nn.Module):
 
 class LlamaDecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype, mlp: nn.Module,
-                 qk_norm: str | None):
+                 method: LinearMethod, qk_norm: str | None):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
-        self.self_attn = LlamaAttention(cfg, group, dtype, qk_norm)
+        self.self_attn = LlamaAttention(cfg, group, dtype, method, qk_norm)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
         self.mlp = mlp
 
@@ -96,10 +98,10 @@ class LlamaDecoderLayer(nn.Module):
 
 class LlamaModel(nn.Module):
     def __init__(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype, mlps: list[nn.Module],
-                 qk_norm: str | None):
+                 method: LinearMethod, qk_norm: str | None):
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, group, dtype)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, group, dtype, mlp, qk_norm) for mlp in mlps)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, group, dtype, mlp, method, qk_norm) for mlp in mlps)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
 
 
@@ -109,10 +111,14 @@ class LlamaForCausalLM(nn.Module):
     qk_norm: str | None = None
 
     def __init__(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype, max_positions: int,
-                 expert_parallel: bool = False):
+                 expert_parallel: bool = False, method: LinearMethod | None = None):
         super().__init__()
-        mlps = [self.layer_mlp(cfg, group, dtype, n, expert_parallel) for n in range(cfg.num_layers)]
-        self.model = LlamaModel(cfg, group, dtype, mlps, self.qk_norm)
+        method = method or Unquantized()
+        mlps = [self.layer_mlp(cfg, group, dtype, n, expert_parallel, method) for n in range(cfg.num_layers)]
+        self.model = LlamaModel(cfg, group, dtype, mlps, method, self.qk_norm)
+        # The LM head stays in the model dtype whatever the method: it is vocab-parallel (an
+        # embedding's layout, often the tied embedding itself), and its logits feed sampling
+        # and logprobs directly, where 8-bit rounding would shift every probability.
         self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, group, dtype)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -120,9 +126,9 @@ class LlamaForCausalLM(nn.Module):
         self.register_buffer("rope", rope.to(self.lm_head.weight.device), persistent=False)
 
     def layer_mlp(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype, layer: int,
-            expert_parallel: bool) -> nn.Module:
+                  expert_parallel: bool, method: LinearMethod) -> nn.Module:
         """Layer `layer`'s MLP."""
-        return LlamaMLP(cfg.hidden_size, cfg.intermediate_size, group, dtype)
+        return LlamaMLP(cfg.hidden_size, cfg.intermediate_size, group, dtype, method)
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 caches: list[KVCache]) -> torch.Tensor:
