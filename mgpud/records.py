@@ -29,6 +29,9 @@ class RankFigures:
     waiting: int = 0  # sequences queued for admission
     kv_blocks_used: int = 0
     kv_blocks_total: int = 0
+    # blocks ever handed out: on a CPU device only these hold resident memory (the rest of
+    # the reservation is pages the OS has not given yet)
+    kv_blocks_touched: int = 0
     peak_running: int = 0  # the most sequences ever running at once
     # counters: prompts whose first blocks were looked up / found in the prefix cache
     prefix_cache_queries: int = 0
@@ -47,7 +50,7 @@ class RankFigures:
         return 1.0 - self.kv_blocks_used / self.kv_blocks_total if self.kv_blocks_total else None
 
 
-GAUGES = ("running", "waiting", "kv_blocks_used", "kv_blocks_total")  # a group's are its replicas' sum
+GAUGES = ("running", "waiting", "kv_blocks_used", "kv_blocks_total", "kv_blocks_touched")  # a group's are its replicas' sum
 COUNTERS = tuple(f.name for f in dataclasses.fields(RankFigures) if f.name not in GAUGES + ("peak_running",))
 
 
@@ -153,6 +156,7 @@ class MemorySplit:
     activations: int
     other: int  # beyond the engine's accounting: CUDA context, runtime, other processes
     free: int
+    kv_touched: int = 0  # of the reservation, blocks ever handed out (resident on a CPU device)
 
 
 @dataclass

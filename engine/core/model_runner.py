@@ -14,7 +14,7 @@ from ..config import ModelConfig
 from .batch import StepInput
 from .layers.attention import KVCache
 from .loader import load_weights
-from .memory import peak_rss
+from .memory import peak_rss, zeroed
 from .models import model_class
 from .parallel import TPGroup
 
@@ -88,7 +88,7 @@ class ModelRunner:
         heads = self.cfg.num_kv_heads // self.group.size
         shape = (self.cfg.num_layers, 2, num_blocks, self.block_size, heads, self.cfg.head_dim)
         # Zeroed, not empty: masked-out slots must never hold NaN bit patterns.
-        self.kv = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.kv = zeroed(shape, self.dtype, self.device)
         self.caches = [(layer[0], layer[1]) for layer in self.kv]
 
     def synchronize(self) -> None:

@@ -121,11 +121,15 @@ class Worker:
         c = a.config
         budget = c.kv_cache_memory if c.kv_cache_memory is not None else kv_budget(
             self.device, c.device_memory, c.memory_utilization, peak, a.tp)
-        blocks = torch.tensor([max(0, budget) // self.runner.kv_block_bytes], dtype=torch.int64)
+        need = -(-a.max_model_len // c.block_size)
+        fit = max(0, budget) // self.runner.kv_block_bytes
+        if c.kv_cache_memory is None and self.device.type == "cpu":
+            # A CPU device's memory is the host's: reserve what the batch limits can fill, no more.
+            fit = min(fit, c.max_num_seqs * need)
+        blocks = torch.tensor([fit], dtype=torch.int64)
         if a.tp > 1:
             dist.all_reduce(blocks, op=dist.ReduceOp.MIN)
         num_blocks = int(blocks)
-        need = -(-a.max_model_len // c.block_size)
         if num_blocks < need:
             missing = (need - num_blocks) * self.runner.kv_block_bytes
             raise ModelLoadError(

@@ -1,0 +1,41 @@
+"""Loads cost what they use: a CPU worker's KV cache is resident only as its blocks fill,
+and without an explicit budget it reserves what the batch limits can fill."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psutil
+
+from mgpud.engine import EngineConfig, RequestStream, SamplingParams
+from mgpud.engine.core.llm_engine import LLMEngine
+from mgpud.engine.core.prepared import PreparedModel
+
+GiB = 1 << 30
+
+
+def _generate(engine: LLMEngine, tokens: int) -> None:
+    stream = RequestStream()
+    engine.add_request("r", [5, 6, 7], SamplingParams(max_tokens=tokens, ignore_eos=True), stream.put)
+    stream.result()
+
+
+def test_kv_reservation_is_not_resident_until_used(tiny_llama: Path) -> None:
+    config = EngineConfig(model=str(tiny_llama), kv_cache_memory=2 * GiB)
+    with LLMEngine(PreparedModel.open(tiny_llama, 256), config, ["cpu:0"]) as engine:
+        assert engine.info.kv_bytes_per_rank > 1.9 * GiB
+        worker = psutil.Process(engine.info.pids[0])
+        loaded = worker.memory_info().rss
+        assert loaded < GiB // 2, f"a worker holding a 2 GiB KV reservation is {loaded >> 20} MiB resident"
+        _generate(engine, 40)
+        stats = engine.stats()
+        # 43 tokens in 16-token blocks: three blocks handed out, the rest never touched.
+        assert stats.kv_blocks_touched == 3
+        assert worker.memory_info().rss - loaded < 64 << 20
+
+
+def test_cpu_default_kv_fits_the_batch_limits(tiny_llama: Path) -> None:
+    config = EngineConfig(model=str(tiny_llama), max_num_seqs=3, device_memory=8 * GiB)
+    with LLMEngine(PreparedModel.open(tiny_llama, 100), config, ["cpu:0"]) as engine:
+        # 3 sequences of 100 tokens in 16-token blocks, not 90% of 8 GiB
+        assert engine.info.num_kv_blocks == 3 * 7
