@@ -51,8 +51,8 @@ async def version(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
 @handler
 async def status(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
     """status {} -> the daemon summary (version, protocol, pid, state, started_at, uptime_s,
-    generations_running), its paths, the HTTP API's URL (null when off), a device count
-    and one line per model."""
+    generations_running), its paths, the HTTP API's URL (null when off), a device count,
+    the warm worker pool and one line per model."""
     return {
         **d.summary(),
         "runtime_dir": str(d.runtime_dir),
@@ -63,6 +63,7 @@ async def status(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
         "http": d.http.url if d.http else None,
         "devices": {"total": len(d.models.inventory), "free": len(d.models.pool.free),
                     "kinds": sorted({dev.kind for dev in d.models.inventory})},
+        "warm_workers": d.models.workers(),
         "models": [{k: wire[k] for k in ("name", "state", "tp", "dp", "devices", "error", "progress")}
                    for wire in map(to_wire, d.models.describe_all())],
     }

@@ -90,6 +90,20 @@ class ModelManager:
         self._releaser = memory.Releaser()  # hands back what long prompts took
         self._generation_ids = itertools.count(1)
 
+    def start_workers(self, size: int) -> None:
+        """Keep `size` worker processes started, for replicas to start on (0: none)."""
+        from mgpud.engine.core.warm import WarmPool
+
+        if size:
+            self.pool.workers = WarmPool(size)
+
+    def workers(self) -> dict[str, int]:
+        """The warm worker pool: ready (imported, waiting), starting, and its target size."""
+        if self.pool.workers is None:
+            return {"ready": 0, "starting": 0, "target": 0}
+        ready, starting = self.pool.workers.counts()
+        return {"ready": ready, "starting": starting, "target": self.pool.workers.size}
+
     # -- load / unload ------------------------------------------------------------------
 
     async def load(self, args: dict[str, Any], emit: Emit | None, persist: bool = False) -> dict[str, Any]:
@@ -299,6 +313,8 @@ class ModelManager:
             log.warning("shutdown: cancelling generations still running after %.0f s", timeout)
             self.cancel_all()
             await _all_idle(self.models.values(), 5.0)
+        if self.pool.workers is not None:
+            await in_thread(self.pool.workers.close, name="mgpud-stop")
         groups = [m.group for m in self.models.values() if m.group is not None]
         if not groups:
             return

@@ -111,6 +111,8 @@ class Daemon:
         self.spawn(self._watchdog(receiver))
         async with AsyncClient(self.runtime_dir, timeout=10.0) as client:
             await client.call("ping")  # the socket answers: clients can connect from now on
+        # After the socket answers: imports in the pool's workers would slow the daemon's start.
+        self.models.start_workers(self.config.warm_workers)
         log.info("listening on %s (events on %s)", self.control_path, self.events_path)
         if self.http is not None:
             self.http.start()

@@ -109,12 +109,16 @@ def check_serving(r: dict[str, Any]) -> None:
         assert (BENCHMARKS / r["plot"]).stat().st_size > 0
 
 
+def check_reshape(r: dict[str, Any]) -> None:
+    assert all(positive(r[k]) for k in ("daemon_start_s", "load_dp2_s", "scale_down_s", "scale_up_s")), r
+
+
 CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
     "throughput": check_throughput, "scaling": check_scaling, "kernels": check_kernels,
     "control_latency": check_control_latency, "http_overhead": check_http_overhead,
     "step_overhead": check_step_overhead,
     "kv_efficiency": check_kv_efficiency, "memory_overhead": check_memory_overhead,
-    "load_time": check_load_time, "serving": check_serving,
+    "load_time": check_load_time, "serving": check_serving, "reshape": check_reshape,
 }
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import psutil
-
 from mgpud.engine import EngineConfig, RequestStream, SamplingParams
 from mgpud.engine.core.llm_engine import LLMEngine
 from mgpud.engine.core.prepared import PreparedModel
@@ -39,3 +38,30 @@ def test_cpu_default_kv_fits_the_batch_limits(tiny_llama: Path) -> None:
     with LLMEngine(PreparedModel.open(tiny_llama, 100), config, ["cpu:0"]) as engine:
         # 3 sequences of 100 tokens in 16-token blocks, not 90% of 8 GiB
         assert engine.info.num_kv_blocks == 3 * 7
+
+
+def test_checkpoint_tensor_reads_what_safetensors_holds(tmp_path: Path) -> None:
+    import os
+
+    import torch
+    from mgpud.engine.core.loader import CheckpointTensor, _headers
+    from safetensors.torch import save_file
+
+    w = torch.randn(40, 24, dtype=torch.bfloat16)
+    file = tmp_path / "w.safetensors"
+    save_file({"a": torch.arange(3, dtype=torch.int32), "w": w}, str(file))
+    meta, data_start = _headers(file)
+    fd = os.open(file, os.O_RDONLY)
+    try:
+        src = CheckpointTensor(fd, file, "w", meta["w"], data_start)
+        assert torch.equal(src[8:16], w[8:16]) and torch.equal(src[:, 6:12], w[:, 6:12])
+        assert torch.equal(src[3], w[3]) and torch.equal(src[-1, 2:4], w[-1, 2:4]) and torch.equal(src[::3], w[::3])
+        into = torch.empty(2, 10, 24, dtype=torch.bfloat16)
+        src.read_rows_into(into[1, 2:7], 30, 35)  # a contiguous row range: read in place
+        assert torch.equal(into[1, 2:7], w[30:35])
+        wider = torch.empty(5, 24, dtype=torch.float32)  # another dtype: read, then converted
+        src.read_rows_into(wider, 0, 5)
+        assert torch.equal(wider, w[:5].float())
+        assert src.get_shape() == [40, 24]
+    finally:
+        os.close(fd)

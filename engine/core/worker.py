@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import sys
 import threading
 import time
 import traceback
@@ -45,13 +46,17 @@ class WorkerArgs:
         return f"ipc://{self.run_dir}/{name}.sock"
 
 
-def _die_with_owner(owner_pid: int, run_dir: str) -> None:
+_run_dir: str | None = None  # this rank's replica directory, once it has one
+
+
+def _die_with_owner(owner_pid: int) -> None:
     # PR_SET_PDEATHSIG follows the spawning *thread*, not the process; polling the parent
     # pid is what reliably notices the owner's death, kill -9 included. The owner can no
     # longer clean up its replica directory, so the first rank to notice does.
     while os.getppid() == owner_pid:
         time.sleep(0.2)
-    shutil.rmtree(run_dir, ignore_errors=True)
+    if _run_dir is not None:
+        shutil.rmtree(_run_dir, ignore_errors=True)
     os._exit(1)
 
 
@@ -81,6 +86,8 @@ class Worker:
         if a.tp > 1:
             self._init_distributed()
         progress = self._progress if a.rank == 0 else None
+        if progress:
+            self.send("progress", progress=LoadProgress("load", message="reading weights"))
         self.runner = ModelRunner(a.model, Path(a.model_dir), self.group, self.device, a.dtype,
                                   a.max_model_len, a.config.block_size, progress)
         peak = 0  # an explicit KV budget needs no measurement (and saves a full-size forward)
@@ -89,6 +96,8 @@ class Worker:
                 self.send("progress", progress=LoadProgress("profile", message="measuring activation memory"))
             peak = self.runner.profile(a.config.max_num_batched_tokens, a.config.max_num_seqs)
         num_blocks = self._agree_on_blocks(peak)
+        if a.rank == 0:
+            self.send("progress", progress=LoadProgress("kv", message=f"allocating {num_blocks} KV blocks"))
         self.runner.allocate_kv(num_blocks)
         self.send("ready", rank=a.rank, pid=os.getpid(), dtype=a.dtype, weight_bytes=self.runner.weight_bytes,
                   peak_activation_bytes=peak, num_blocks=num_blocks,
@@ -159,8 +168,32 @@ class Worker:
 
 
 def main(args_file: str) -> None:
+    threading.Thread(target=_die_with_owner, args=(os.getppid(),), daemon=True).start()
+    _run(args_file)
+
+
+def warm_main() -> None:
+    """A pooled worker (engine/core/warm.py): import what a rank needs, say "warm" on
+    stdout, then run the rank whose arguments' path arrives on stdin (none: exit)."""
+    threading.Thread(target=_die_with_owner, args=(os.getppid(),), daemon=True).start()
+    import torch  # noqa: F401 - the import is the point
+
+    from . import model_runner, rank0  # noqa: F401
+    os.write(1, b"warm\n")
+    os.dup2(2, 1)  # nobody reads the pipe from here on: anything printed goes to the log
+    args_file = sys.stdin.readline().strip()
+    if not args_file:
+        os._exit(0)
+    _run(args_file)
+
+
+def _run(args_file: str) -> None:
+    global _run_dir
     args: WorkerArgs = pickle.loads(Path(args_file).read_bytes())
-    threading.Thread(target=_die_with_owner, args=(os.getppid(), args.run_dir), daemon=True).start()
+    _run_dir = args.run_dir
+    # Before torch is imported, for a worker started cold; a warm one adopts it through
+    # torch.set_num_threads.
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     worker = Worker(args)
     try:
         worker.start()
@@ -175,4 +208,3 @@ def main(args_file: str) -> None:
     # this, an error sent before the connection is up dies with the process.
     worker.zmq.destroy(linger=2000)
     os._exit(code)
-

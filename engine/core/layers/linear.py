@@ -1,8 +1,9 @@
 """Tensor-parallel linear layers.
 
 Each parameter carries a `weight_loader(param, source, shard)` that reads exactly this
-rank's part of a checkpoint tensor through a safetensors slice, so no rank ever
-materialises rows or columns it does not keep.
+rank's part of a checkpoint tensor (`source`: a loader.CheckpointTensor, indexed like a
+tensor), so no rank ever materialises rows or columns it does not keep; row ranges are
+read straight into the parameter.
 """
 
 from __future__ import annotations
@@ -14,6 +15,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..parallel import TPGroup, split_range
+
+
+def copy_rows(dest: torch.Tensor, source: Any, start: int, end: int) -> None:
+    """dest <- rows start..end of source: a checkpoint tensor reads them into dest's own
+    memory; a plain tensor (a loader that transformed its source) is sliced and copied."""
+    if hasattr(source, "read_rows_into"):
+        source.read_rows_into(dest, start, end)
+    else:
+        dest.copy_(source[start:end])
 
 
 def _param(shape: tuple[int, ...], dtype: torch.dtype, loader: Any) -> nn.Parameter:
@@ -45,7 +55,7 @@ class ColumnParallelLinear(nn.Module):
     def _load(self, param: nn.Parameter, source: Any, shard: int) -> None:
         start, end = split_range(self.parts[shard], self.group.rank, self.group.size)
         offset = sum(self.local_parts[:shard])
-        param.data[offset:offset + end - start].copy_(source[start:end])
+        copy_rows(param.data[offset:offset + end - start], source, start, end)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
@@ -70,4 +80,4 @@ class RowParallelLinear(nn.Module):
 
 
 def load_replicated(param: nn.Parameter, source: Any, shard: int) -> None:
-    param.data.copy_(source[:])
+    copy_rows(param.data, source, 0, param.shape[0])
