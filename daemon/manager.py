@@ -76,12 +76,15 @@ class Model:
 
 class ModelManager:
     def __init__(self, inventory: list[Device], store: StateStore, publish: Emit,
-                 engine_defaults: Callable[[], dict[str, Any]], readings: Callable[[], list[Device]]) -> None:
+                 engine_defaults: Callable[[], dict[str, Any]], readings: Callable[[], list[Device]],
+                 warm_workers: int = 0) -> None:
+        from mgpud.engine.core.warm import WarmPool
         from mgpud.engine.serving.pool import DevicePool
 
         self.inventory = inventory
         self._readings = readings  # the devices as last read: what other processes hold on them
-        self.pool = DevicePool([d.id for d in inventory])
+        # Worker processes kept started (torch imported) for the replicas to come.
+        self.pool = DevicePool([d.id for d in inventory], WarmPool(warm_workers) if warm_workers else None)
         self.models: dict[str, Model] = {}
         self.accepting = True
         self._store = store
@@ -89,13 +92,6 @@ class ModelManager:
         self._engine_defaults = engine_defaults  # of the current config: SIGHUP may change them
         self._releaser = memory.Releaser()  # hands back what long prompts took
         self._generation_ids = itertools.count(1)
-
-    def start_workers(self, size: int) -> None:
-        """Keep `size` worker processes started, for replicas to start on (0: none)."""
-        from mgpud.engine.core.warm import WarmPool
-
-        if size:
-            self.pool.workers = WarmPool(size)
 
     def workers(self) -> dict[str, int]:
         """The warm worker pool: ready (imported, waiting), starting, and its target size."""

@@ -86,7 +86,7 @@ class Daemon:
             return 2
         self.telemetry = Telemetry(inventory)
         self.models = ModelManager(inventory, self.store, self._on_model_event, lambda: self.config.engine,
-                                   lambda: self.telemetry.devices)
+                                   lambda: self.telemetry.devices, self.config.warm_workers)
         self._stopped = asyncio.Event()
         try:
             await self._take_runtime_dir()
@@ -111,8 +111,6 @@ class Daemon:
         self.spawn(self._watchdog(receiver))
         async with AsyncClient(self.runtime_dir, timeout=10.0) as client:
             await client.call("ping")  # the socket answers: clients can connect from now on
-        # After the socket answers: imports in the pool's workers would slow the daemon's start.
-        self.models.start_workers(self.config.warm_workers)
         log.info("listening on %s (events on %s)", self.control_path, self.events_path)
         if self.http is not None:
             self.http.start()

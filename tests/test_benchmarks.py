@@ -110,7 +110,8 @@ def check_serving(r: dict[str, Any]) -> None:
 
 
 def check_reshape(r: dict[str, Any]) -> None:
-    assert all(positive(r[k]) for k in ("daemon_start_s", "load_dp2_s", "scale_down_s", "scale_up_s")), r
+    assert all(positive(r[k]) for k in ("daemon_start_s", "warm_pool_fill_s", "load_dp2_s", "scale_down_s",
+                                        "scale_up_s")), r
 
 
 CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {

@@ -83,9 +83,12 @@ class LLMEngine:
 
     def __init__(self, model: PreparedModel, config: EngineConfig, devices: list[str],
                  progress: ProgressFn | None = None, on_failure: Callable[[str], None] | None = None,
-                 workers: WarmPool | None = None):
+                 workers: WarmPool | None = None, measured_peaks: list[int] | None = None):
+        """measured_peaks: each rank's activation peak, as a replica of the same shape
+        measured it (EngineInfo.peak_activation_bytes_per_rank), so that none is profiled."""
         self._on_failure = on_failure
         self._workers = workers
+        self._measured_peaks = measured_peaks
         self.model = model
         self.config = config
         self.devices = devices
@@ -127,7 +130,8 @@ class LLMEngine:
         for rank, device in enumerate(self.devices):
             args = WorkerArgs(rank=rank, tp=tp, device=device, model_dir=str(self.model.dir),
                               model=self.model.config, max_model_len=self.model.max_model_len,
-                              dtype=dtype, threads=threads, config=c, run_dir=self._run_dir)
+                              dtype=dtype, threads=threads, config=c, run_dir=self._run_dir,
+                              measured_peak=self._measured_peaks[rank] if self._measured_peaks else None)
             args_file = Path(self._run_dir) / f"rank{rank}.args"
             args_file.write_bytes(pickle.dumps(args))
             start = self._workers.start if self._workers else start_worker

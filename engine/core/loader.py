@@ -15,22 +15,24 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from mgpud.records import LoadProgress
 
 from ..exceptions import ModelLoadError
 from ..jsonfile import damaged, read_json
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
 # Buffers some checkpoints carry that we compute ourselves.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
-_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "BOOL": torch.bool}
-_DTYPE_BYTES = {name: dtype.itemsize for name, dtype in _DTYPES.items()}
+# safetensors dtype -> torch's name for it (torch itself is imported by the ranks only: the
+# daemon checks checkpoints without it)
+_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64",
+           "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "F8_E4M3": "float8_e4m3fn",
+           "F8_E5M2": "float8_e5m2", "BOOL": "bool"}
 _MAX_READ = 1 << 30  # bytes per read call: Linux moves at most ~2 GiB per call
 _COLUMN_CHUNK = 64 << 20  # bytes of whole rows read at a time to cut columns out of
 
@@ -56,10 +58,8 @@ def checkpoint_files(model_dir: Path) -> list[Path]:
 
 
 def _tensor_bytes(header: dict) -> int:
-    count = 1
-    for n in header["shape"]:
-        count *= n
-    return count * _DTYPE_BYTES.get(header["dtype"], 2)
+    begin, end = header["data_offsets"]
+    return int(end) - int(begin)
 
 
 def check_checkpoint(model_dir: Path) -> list[Path]:
@@ -93,10 +93,12 @@ class CheckpointTensor:
     """One tensor of an open checkpoint file, read on demand (see the module's doc)."""
 
     def __init__(self, fd: int, file: Path, name: str, header: dict, data_start: int):
+        import torch
+
         if header["dtype"] not in _DTYPES:
             raise damaged(file, f"tensor {name} has dtype {header['dtype']}, which mgpud cannot read")
         self.name = name
-        self.dtype = _DTYPES[header["dtype"]]
+        self.dtype: torch.dtype = getattr(torch, _DTYPES[header["dtype"]])
         self.shape = tuple(int(n) for n in header["shape"])
         begin, end = (int(n) for n in header["data_offsets"])
         self._fd = fd
@@ -110,6 +112,8 @@ class CheckpointTensor:
     def __getitem__(self, key: Any) -> torch.Tensor:
         """Rows are read, not mapped: only the first dimension's range leaves the file; any
         further index applies to those rows, read in chunks when it cuts columns."""
+        import torch
+
         key = key if isinstance(key, tuple) else (key,)
         if not self.shape:
             return self.rows(0, 1)[key]
@@ -129,6 +133,8 @@ class CheckpointTensor:
 
     def rows(self, start: int, end: int) -> torch.Tensor:
         """Rows start..end as a new tensor of the checkpoint's dtype."""
+        import torch
+
         out = torch.empty((end - start, *self.shape[1:]), dtype=self.dtype)
         self._read(out, start)
         return out if self.shape else out.reshape(())
@@ -145,6 +151,8 @@ class CheckpointTensor:
 
     def _read(self, dest: torch.Tensor, start: int) -> None:
         """Fill the contiguous CPU tensor dest from row `start` on, with positional reads."""
+        import torch
+
         if dest.numel() == 0:
             return
         view = memoryview(dest.reshape(-1).view(torch.uint8).numpy())

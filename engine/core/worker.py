@@ -41,6 +41,8 @@ class WorkerArgs:
     threads: int
     config: EngineConfig  # the replica's limits: block size, batch sizes, memory budget
     run_dir: str  # private to this replica: sockets and the rendezvous file
+    # this rank's activation peak as a replica of the same shape measured it: no profile to run
+    measured_peak: int | None = None
 
     def endpoint(self, name: str) -> str:
         return f"ipc://{self.run_dir}/{name}.sock"
@@ -91,7 +93,9 @@ class Worker:
         self.runner = ModelRunner(a.model, Path(a.model_dir), self.group, self.device, a.dtype,
                                   a.max_model_len, a.config.block_size, progress)
         peak = 0  # an explicit KV budget needs no measurement (and saves a full-size forward)
-        if a.config.kv_cache_memory is None:
+        if a.config.kv_cache_memory is None and a.measured_peak is not None:
+            peak = a.measured_peak
+        elif a.config.kv_cache_memory is None:
             if a.rank == 0:
                 self.send("progress", progress=LoadProgress("profile", message="measuring activation memory"))
             peak = self.runner.profile(a.config.max_num_batched_tokens, a.config.max_num_seqs)

@@ -85,6 +85,7 @@ class ModelGroup:
         self._next_index = itertools.count()
         # Counters of engines that are gone (retired or restarted), so totals never go back.
         self._past: dict[str, float] = dict.fromkeys(COUNTERS, 0)
+        self._peaks: dict[tuple[int, str], list[int]] = {}  # (tp, device kind) -> each rank's activation peak
         try:
             self._start_replicas(dp, devices, progress)
         except BaseException:
@@ -142,8 +143,17 @@ class ModelGroup:
         self._mark_ready(rep)
 
     def _engine(self, rep: Replica, progress: ProgressFn | None = None) -> LLMEngine:
-        return LLMEngine(self.model, dataclasses.replace(self.config, tp=rep.tp), rep.devices, progress,
-                         on_failure=partial(self._mark_failed, rep), workers=self.pool.workers)
+        # A replica of a shape already loaded takes its activation peaks: the same forward on
+        # the same kind of device measures the same, and the profile is most of a load's time.
+        shape = (rep.tp, rep.devices[0].split(":")[0])
+        with self._lock:
+            peaks = self._peaks.get(shape)
+        engine = LLMEngine(self.model, dataclasses.replace(self.config, tp=rep.tp), rep.devices, progress,
+                           on_failure=partial(self._mark_failed, rep), workers=self.pool.workers,
+                           measured_peaks=peaks)
+        with self._lock:
+            self._peaks.setdefault(shape, engine.info.peak_activation_bytes_per_rank)
+        return engine
 
     def _mark_ready(self, rep: Replica) -> None:
         with self._lock:
