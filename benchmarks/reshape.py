@@ -41,7 +41,7 @@ def wait_warm(client: Client, timeout: float = 300.0) -> None:
 
 
 def one_round() -> dict[str, float]:
-    daemon = DaemonProcess("--log-level", "warning", devices=DEVICES)
+    daemon = DaemonProcess("--log-level", "warning", "--warm-workers", "2", devices=DEVICES)
     try:
         figures = {"daemon_start_s": timed(daemon.start)}
         with daemon.client(timeout=600.0) as client:

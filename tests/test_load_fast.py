@@ -10,6 +10,8 @@ from mgpud.engine import EngineConfig, RequestStream, SamplingParams
 from mgpud.engine.core.llm_engine import LLMEngine
 from mgpud.engine.core.prepared import PreparedModel
 
+from mgpud.records import LoadProgress
+
 GiB = 1 << 30
 
 
@@ -35,9 +37,12 @@ def test_kv_reservation_is_not_resident_until_used(tiny_llama: Path) -> None:
 
 def test_cpu_default_kv_fits_the_batch_limits(tiny_llama: Path) -> None:
     config = EngineConfig(model=str(tiny_llama), max_num_seqs=3, device_memory=8 * GiB)
-    with LLMEngine(PreparedModel.open(tiny_llama, 100), config, ["cpu:0"]) as engine:
+    frames: list[LoadProgress] = []
+    with LLMEngine(PreparedModel.open(tiny_llama, 100), config, ["cpu:0"], frames.append) as engine:
         # 3 sequences of 100 tokens in 16-token blocks, not 90% of 8 GiB
         assert engine.info.num_kv_blocks == 3 * 7
+    assert [f.phase for f in frames if f.phase != "load"] == ["start", "profile", "kv", "ready"]
+    assert list(frames[-1].seconds) == ["start", "load", "profile", "kv"]
 
 
 def test_checkpoint_tensor_reads_what_safetensors_holds(tmp_path: Path) -> None:
@@ -65,3 +70,12 @@ def test_checkpoint_tensor_reads_what_safetensors_holds(tmp_path: Path) -> None:
         assert src.get_shape() == [40, 24]
     finally:
         os.close(fd)
+
+
+def test_load_phases_are_reported_with_their_shares() -> None:
+    from mgpud.cli.progress import ProgressView
+
+    ready = LoadProgress("ready", message="ready", seconds={"start": 0.1, "load": 0.3, "kv": 0.0})
+    assert ready.shares() == "start 0.1 s (25%) · load 0.3 s (75%) · kv 0.0 s (0%)"
+    assert ProgressView("loading smol")._line(ready) == f"loading smol: ready in 0.4 s: {ready.shares()}"
+    assert LoadProgress("start").shares() == ""

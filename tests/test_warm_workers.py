@@ -8,7 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import psutil
+import pytest
 from mgpud.cli.status import format_status
+from mgpud.daemon.settings import ConfigError, load_config
 from mgpud.daemon.testing import DaemonProcess
 from mgpud.ipc import Client
 from waiting import wait_for
@@ -32,3 +34,14 @@ def test_replica_starts_on_a_warm_worker_and_the_pool_refills(tiny_llama: Path) 
         result = c.call("generate", model="tiny", prompt=[5, 6, 7], max_tokens=4, ignore_eos=True)
         assert len(result["token_ids"]) == 4
         _pool_ready(c, 1)
+
+
+def test_warm_workers_setting_is_checked(tmp_path: Path) -> None:
+    file = tmp_path / "mgpud.toml"
+    file.write_text("warm_workers = 3\n")
+    assert load_config(file).warm_workers == 3
+    assert load_config(file, {"warm_workers": 0}).warm_workers == 0  # a flag overrides the file
+    for bad in ("-1", "1.5", "true"):
+        file.write_text(f"warm_workers = {bad}\n")
+        with pytest.raises(ConfigError, match="warm_workers: must be a whole number >= 0"):
+            load_config(file)
