@@ -143,7 +143,8 @@ def test_status_devices_and_version(daemon: Daemon) -> None:
     assert "/ 1.0 GiB" in rows[0]
     data = json.loads(daemon.cli("gpus", "--json").stdout)
     assert [d["id"] for d in data["devices"]] == ["cpu:0", "cpu:1"]
-    assert set(data["devices"][0]["memory"]) == {"weights", "kv_allocated", "kv_used", "activations", "other", "free"}
+    assert set(data["devices"][0]["memory"]) == {"weights", "kv_allocated", "kv_used", "activations", "other", "free",
+                                                 "kv_touched"}
 
     version = json.loads(daemon.cli("--json", "version").stdout)
     assert version["cli"] == version["daemon"]["version"] == "0.1.0"
