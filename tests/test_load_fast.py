@@ -1,14 +1,17 @@
 """Loads cost what they use: a CPU worker's KV cache is resident only as its blocks fill,
-and without an explicit budget it reserves what the batch limits can fill."""
+and without an explicit budget it reserves what the batch limits can fill; weights are
+read straight from the files; a shape once profiled is not profiled again; every phase
+is timed."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import psutil
-from mgpud.engine import EngineConfig, RequestStream, SamplingParams
+from mgpud.engine import EngineConfig, ModelGroup, RequestStream, SamplingParams
 from mgpud.engine.core.llm_engine import LLMEngine
 from mgpud.engine.core.prepared import PreparedModel
+from mgpud.engine.serving.pool import DevicePool
 
 from mgpud.records import LoadProgress
 
@@ -79,3 +82,13 @@ def test_load_phases_are_reported_with_their_shares() -> None:
     assert ready.shares() == "start 0.1 s (25%) · load 0.3 s (75%) · kv 0.0 s (0%)"
     assert ProgressView("loading smol")._line(ready) == f"loading smol: ready in 0.4 s: {ready.shares()}"
     assert LoadProgress("start").shares() == ""
+
+
+def test_a_replica_of_a_loaded_shape_is_not_profiled_again(tiny_llama: Path) -> None:
+    config = EngineConfig(model=str(tiny_llama), max_model_len=64, max_num_seqs=2, device_memory=GiB)
+    frames: list[LoadProgress] = []
+    with ModelGroup(config, dp=1, pool=DevicePool(["cpu:0", "cpu:1"])) as group:
+        group.reconfigure(1, 2, progress=frames.append)
+        first, second = group.stats().replicas
+    assert "profile" not in [f.phase for f in frames] and frames[-1].phase == "ready"
+    assert second.peak_activation_bytes_per_rank == first.peak_activation_bytes_per_rank

@@ -92,13 +92,9 @@ class Worker:
             self.send("progress", progress=LoadProgress("load", message="reading weights"))
         self.runner = ModelRunner(a.model, Path(a.model_dir), self.group, self.device, a.dtype,
                                   a.max_model_len, a.config.block_size, progress)
-        peak = 0  # an explicit KV budget needs no measurement (and saves a full-size forward)
-        if a.config.kv_cache_memory is None and a.measured_peak is not None:
-            peak = a.measured_peak
-        elif a.config.kv_cache_memory is None:
-            if a.rank == 0:
-                self.send("progress", progress=LoadProgress("profile", message="measuring activation memory"))
-            peak = self.runner.profile(a.config.max_num_batched_tokens, a.config.max_num_seqs)
+        peak = 0  # an explicit KV budget needs no measurement (and saves a forward)
+        if a.config.kv_cache_memory is None:
+            peak = a.measured_peak if a.measured_peak is not None else self._profile()
         num_blocks = self._agree_on_blocks(peak)
         if a.rank == 0:
             self.send("progress", progress=LoadProgress("kv", message=f"allocating {num_blocks} KV blocks"))
@@ -106,6 +102,11 @@ class Worker:
         self.send("ready", rank=a.rank, pid=os.getpid(), dtype=a.dtype, weight_bytes=self.runner.weight_bytes,
                   peak_activation_bytes=peak, num_blocks=num_blocks,
                   kv_bytes=num_blocks * self.runner.kv_block_bytes)
+
+    def _profile(self) -> int:
+        if self.args.rank == 0:
+            self.send("progress", progress=LoadProgress("profile", message="measuring activation memory"))
+        return self.runner.profile(self.args.config.max_num_batched_tokens, self.args.config.max_num_seqs)
 
     def _progress(self, p) -> None:
         # One message per tensor would flood the owner: report every ~1% of the bytes.
