@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from mgpud.ipc.schema import ENGINE_LIMIT_KEYS, SAMPLING_KEYS
 from mgpud.records import LoadProgress, ModelRecord, to_wire
 
 from . import memory
-from .advisor import check_model, run_planner, usable_devices
+from .advisor import check_model, run_planner, usable_devices, warm_planner
 from .generation import HTTP_CLIENT, Call, Emit, collect, generation_error
 from .statefile import StateStore
 from .threads import call_soon, in_thread
@@ -92,6 +93,7 @@ class ModelManager:
         self._engine_defaults = engine_defaults  # of the current config: SIGHUP may change them
         self._releaser = memory.Releaser()  # hands back what long prompts took
         self._generation_ids = itertools.count(1)
+        self._planner_warmed = False
 
     def workers(self) -> dict[str, int]:
         """The warm worker pool: ready (imported, waiting), starting, and its target size."""
@@ -157,7 +159,15 @@ class ModelManager:
             raise MgpudError(codes.SHUTTING_DOWN, f"{model.name} was unloaded while it loaded")
         model.group, model.state, model.loaded_at, model.persist = group, "ready", time.time(), True
         self._publish({"kind": "model_ready", "model": model.name, "tp": spec["tp"], "dp": spec["dp"]})
+        self._warm_planner()
         await self.save()
+
+    def _warm_planner(self) -> None:
+        """The daemon imports torch only for the planner's CPU figures, on its first use; once
+        a model is loaded (the dashboard's load and scale dialogs ask it next), in the background."""
+        if not self._planner_warmed and any(d.kind == "cpu" for d in self.inventory):
+            self._planner_warmed = True
+            threading.Thread(target=warm_planner, name="mgpud-planner-warm", daemon=True).start()
 
     async def unload(self, name: str, force: bool) -> dict[str, Any]:
         model = self.get(name)
