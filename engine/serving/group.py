@@ -88,7 +88,6 @@ class ModelGroup:
         self._peaks: dict[tuple[int, str], list[int]] = {}  # (tp, device kind) -> each rank's activation peak
         try:
             self._start_replicas(dp, devices, progress)
-            self.model.tokenizer  # noqa: B018 - read beside the load: one that cannot be read fails it
         except BaseException:
             self.shutdown()
             raise
