@@ -68,6 +68,11 @@ def state(text: str) -> str:
     return click.style(text, fg=STATE_COLOURS.get(text))
 
 
+def advice_lines(advice: list[str], indent: str) -> list[str]:
+    """The scaling advisor's sentences (mgpud/advice.py), marked so that they stand out."""
+    return [f"{indent}{click.style('advice:', fg='yellow')} {line}" for line in advice]
+
+
 def unicode_ok(stream: TextIO | None = None) -> bool:
     """Whether `stream` (default stdout) takes block characters; else bars fall back to ASCII."""
     encoding = getattr(stream or sys.stdout, "encoding", None) or ""

@@ -11,7 +11,7 @@ from mgpud.records import ModelRecord, ReplicaFigures, from_wire
 from mgpud.units import fmt_bytes
 
 from .context import Settings, global_options, pass_settings
-from .output import fmt_duration, fmt_ms, fmt_rate, state, table
+from .output import advice_lines, fmt_duration, fmt_ms, fmt_rate, state, table
 
 HEADERS = ("NAME", "REPLICA", "TP x DP", "DEVICES", "STATE", "WEIGHTS", "MEMORY", "KV USE", "RUN/WAIT",
            "TOK/S", "TTFT P95", "EXPERT BAL", "PIDS")
@@ -25,7 +25,8 @@ def ps(settings: Settings) -> None:
     """One row per model and replica: name, tp x dp, devices, state, memory, KV cache use,
     running/waiting requests, tokens/s (last 10 s), TTFT p95, the MoE expert load balance
     (mean/max tokens per EP rank, or per expert; 1.00 = even) and worker PIDs; then the
-    running generations, with the ids `mgpud cancel` takes.
+    scaling advisor's advice, with the `mgpud scale` command to run, and the running
+    generations, with the ids `mgpud cancel` takes.
 
     \b
     Examples:
@@ -40,6 +41,8 @@ def format_models(reply: dict[str, Any]) -> str:
     if not models:
         return "no model loaded; load one with `mgpud load demo`"
     text = table(HEADERS, [row for m in models for row in model_rows(m)], RIGHT)
+    if advice := [line for m in models for line in advice_lines(m.advice, "")]:
+        text += "\n\n" + "\n".join(advice)
     running = reply.get("generations")  # absent from an older daemon's reply
     return text + "\n\n" + generation_table(running) if running else text
 

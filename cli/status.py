@@ -11,7 +11,7 @@ from mgpud import __version__
 from mgpud.records import DaemonSummary, ModelRecord, from_wire
 
 from .context import Settings, global_options, pass_settings
-from .output import emit_json, fmt_duration, state
+from .output import advice_lines, emit_json, fmt_duration, state
 
 
 @click.command()
@@ -41,13 +41,18 @@ def format_status(s: dict[str, Any]) -> str:
         *_workers_line(s.get("warm_workers")),
         f"  models    {len(s['models']) or 'none'}",
     ]
-    return "\n".join(lines + [_model_line(from_wire(ModelRecord, m)) for m in s["models"]])
+    return "\n".join(lines + [line for m in s["models"] for line in _model_lines(from_wire(ModelRecord, m))])
 
 
 def _workers_line(pool: dict[str, int] | None) -> list[str]:
     if not pool:  # an older daemon
         return []
     return [f"  workers   {pool['ready']} warm, {pool['starting']} starting (keeps {pool['target']})"]
+
+
+def _model_lines(m: ModelRecord) -> list[str]:
+    """The model's line, then the scaling advisor's sentences for it."""
+    return [_model_line(m), *advice_lines(m.advice, "      ")]
 
 
 def _model_line(m: ModelRecord) -> str:

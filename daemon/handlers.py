@@ -53,7 +53,7 @@ async def status(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
     """status {} -> the daemon summary (version, protocol, pid, state, started_at, uptime_s,
     generations_running), its paths, the HTTP API's URL (null when off), a device count,
     the warm worker pool and one line per model (with its MoE expert_balance, null for a
-    dense model)."""
+    dense model, and the scaling advisor's sentences, advice)."""
     return {
         **d.summary(),
         "runtime_dir": str(d.runtime_dir),
@@ -66,9 +66,9 @@ async def status(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
                     "kinds": sorted({dev.kind for dev in d.models.inventory})},
         "warm_workers": d.models.workers(),
         "models": [{**{k: wire[k] for k in ("name", "state", "tp", "dp", "devices", "error", "progress", "weights",
-                                            "kv_cache_dtype")},
+                                            "kv_cache_dtype", "advice")},
                     "expert_balance": (wire["stats"] or {}).get("expert_balance")}
-                   for wire in map(to_wire, d.models.describe_all())],
+                   for wire in map(to_wire, d.telemetry.advised(d.models.describe_all()))],
     }
 
 
@@ -83,11 +83,13 @@ async def devices(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
 @handler
 async def models(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
     """models {} -> {models: [model], generations: [generation]}: per model name, model, state,
-    tp, dp, devices, error, progress, reasons, loaded_at, and stats: the engine group's
+    tp, dp, devices, error, progress, reasons, loaded_at, advice (the scaling advisor's
+    sentences, each with the `mgpud scale` command to run), and stats: the engine group's
     figures (totals, token rates, latency percentiles) with one entry per replica (state,
     devices, pids, memory, load); per running generation its daemon-wide id (what `cancel`
     takes as request), model, via (control or http) and started_at."""
-    return {"models": [to_wire(m) for m in d.models.describe_all()], "generations": d.models.generations()}
+    return {"models": [to_wire(m) for m in d.telemetry.advised(d.models.describe_all())],
+            "generations": d.models.generations()}
 
 
 @handler

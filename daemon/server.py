@@ -84,7 +84,7 @@ class Daemon:
         except DeviceSpecError as exc:
             log.error("%s", exc)
             return 2
-        self.telemetry = Telemetry(inventory)
+        self.telemetry = Telemetry(inventory, self.config.telemetry_interval)
         self.models = ModelManager(inventory, self.store, self._on_model_event, lambda: self.config.engine,
                                    lambda: self.telemetry.devices, lambda: self.config.model_roots,
                                    self.config.warm_workers)
@@ -376,7 +376,7 @@ class Daemon:
                 await self.telemetry.refresh(models)
                 self.publish("telemetry", {"daemon": self.summary(),
                                            "devices": [to_wire(d) for d in self.telemetry.device_rows(models)],
-                                           "models": [to_wire(m) for m in models]})
+                                           "models": [to_wire(m) for m in self.telemetry.advised(models)]})
             except Exception:
                 log.exception("telemetry failed")
             await asyncio.sleep(self.config.telemetry_interval)

@@ -2,7 +2,7 @@
 
 Readings (NVML calls, worker RSS) run in a thread: a slow driver call must not stall
 the control loop. Operations that show devices use the latest reading, at most one
-telemetry interval old.
+telemetry interval old; those that show models, the scaling advice of that reading.
 """
 
 from __future__ import annotations
@@ -10,19 +10,29 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
+from mgpud.advice import History, advise
 from mgpud.records import Device, ModelRecord, ReplicaFigures
 
 
 class Telemetry:
-    def __init__(self, devices: list[Device]) -> None:
+    def __init__(self, devices: list[Device], interval_s: float) -> None:
         self.devices = devices
+        self.history = History.for_advice(interval_s)
+        self.advice: dict[str, list[str]] = {}  # model name -> the advisor's sentences at the last refresh
 
     async def refresh(self, models: list[ModelRecord]) -> None:
-        """Read the devices again; `models` say which workers run where."""
+        """Read the devices again (`models` say which workers run where), add the models'
+        figures to their history and advise on them."""
         from mgpud.engine.hosts.inventory import refresh
 
         pids = {device: replica.pids[rank:rank + 1] for device, (_, replica, rank) in holders(models).items()}
         self.devices = await asyncio.to_thread(refresh, self.devices, pids)
+        series, rows = self.history.record(models), tuple(self.device_rows(models))
+        self.advice = {m.name: advise(m, series[m.name], rows) for m in models}
+
+    def advised(self, models: list[ModelRecord]) -> list[ModelRecord]:
+        """`models` with the advice of the last refresh."""
+        return [replace(m, advice=self.advice.get(m.name, [])) for m in models]
 
     def device_rows(self, models: list[ModelRecord]) -> list[Device]:
         owners = holders(models)

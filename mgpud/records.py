@@ -159,6 +159,7 @@ class ModelRecord:
     auto: list[str] = field(default_factory=list)  # which of "tp", "dp" the planner chose (the load gave 0)
     weights: str | None = None  # what the linear layers' weights hold: int8, fp8 or the dtype; once loaded
     kv_cache_dtype: str | None = None  # once loaded
+    advice: list[str] = field(default_factory=list)  # the scaling advisor's sentences (mgpud/advice.py)
 
 
 @dataclass

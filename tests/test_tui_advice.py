@@ -1,5 +1,5 @@
-"""The scaling advisor's rules on synthetic figure series, the charts it sits beside, a
-loading model's phase, and the advice on the dashboard (fake telemetry, no daemon)."""
+"""The charts the advice sits beside, a loading model's phase, and the daemon's advice on
+the dashboard (fake telemetry, no daemon; the rules are tested in test_advice.py)."""
 
 from __future__ import annotations
 
@@ -9,60 +9,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from mgpud.records import Device, LoadProgress, ModelFigures, ModelRecord, from_wire, to_wire
+from mgpud.advice import advise
+from mgpud.records import LoadProgress, ModelRecord, to_wire
 from mgpud.tui import render
-from mgpud.tui.advice import WINDOW, advise
 from mgpud.tui.app import MgpudTop
-from mgpud.tui.state import Series, load_phase
-from test_tui_snapshots import GiB, device, replica, telemetry
+from mgpud.tui.state import load_phase
+from test_advice import FLAT, RISING, devices, series, smol
+from test_tui_snapshots import telemetry
 from waiting import until
-
-RISING = tuple(100.0 + 300.0 * i / WINDOW for i in range(WINDOW))  # TTFT p95 from 100 to 400 ms
-FLAT = tuple(110.0 + (i % 3) for i in range(WINDOW))  # tokens/s steady around 110
-
-
-def smol(waiting: int = 0, kv_used: int = 700, idle_replica: bool = False) -> ModelRecord:
-    replicas = [replica(0, "cpu:0", 4, 600, 66.0, 90.0), replica(1, "cpu:1", 0 if idle_replica else 2, 100, 44, 70.0)]
-    replicas[0] = replace(replicas[0], waiting=waiting)
-    stats = ModelFigures(name="smol", tp=1, dp=2, max_model_len=2048, running=6, waiting=waiting,
-                         kv_blocks_used=kv_used, kv_blocks_total=2000, tokens_per_s_10s=110.0, ttft_p95_ms=400.0,
-                         replicas=replicas)
-    return ModelRecord(name="smol", model="demo", state="ready", tp=1, dp=2, devices=["cpu:0", "cpu:1"], stats=stats)
-
-
-def devices(free_device: bool = True, full: bool = False) -> tuple[Device, ...]:
-    held = [from_wire(Device, device(i, "smol", i, 538 << 20, (3 * GiB if full else GiB), 0)) for i in (0, 1)]
-    spare = [from_wire(Device, device(2, None, None, 0, 0, 0))] if free_device else []
-    return tuple(held + spare)
-
-
-def test_rising_ttft_with_flat_throughput_and_memory_to_spare_says_upgrade() -> None:
-    [advice] = advise(smol(), Series(FLAT, RISING), devices())
-    assert advice.startswith("smol: TTFT p95 rose 1.9x in 2 min while tokens/s stayed at ~111")
-    assert advice.endswith("add a replica: mgpud scale smol --dp 3")
-    [crowded] = advise(smol(), Series(FLAT, RISING), devices(free_device=False))
-    assert "compute-bound" in crowded and "more or faster devices" in crowded and "mgpud scale" not in crowded
-
-
-def test_no_upgrade_advice_when_a_condition_fails() -> None:
-    growing = tuple(50.0 + i for i in range(WINDOW))  # throughput grows with the load: it keeps up
-    assert advise(smol(), Series(growing, RISING), devices()) == []
-    assert advise(smol(), Series(FLAT, (100.0,) * WINDOW), devices()) == []  # TTFT steady
-    assert advise(smol(), Series(FLAT, RISING), devices(free_device=False, full=True)) == []  # memory is the limit
-    assert advise(smol(), Series(FLAT[:WINDOW - 1], RISING[:WINDOW - 1]), devices()) == []  # too short to tell
-    idle = (0.0,) * WINDOW
-    assert advise(smol(), Series(idle, RISING), devices()) == []  # nothing served: not compute-bound
-
-
-def test_kv_room_and_idle_replica_rules() -> None:
-    short = advise(smol(waiting=3, kv_used=1900), Series((), ()), devices())
-    assert short == ["smol: KV cache 95% full with 3 waiting: give it more KV room: mgpud scale smol --tp 2 "
-                     "(or a shorter max_model_len)"]
-    assert advise(smol(waiting=0, kv_used=1900), Series((), ()), devices()) == []  # full, nobody waits
-    [idle] = advise(smol(waiting=2, idle_replica=True), Series((), ()), devices())
-    assert idle.startswith("smol: replica 1 idle while replica 0 queues 2: check the routing")
-    assert idle.endswith("mgpud scale smol --tp 2 --dp 1")
-
 
 def test_charts_draw_on_a_fixed_scale_and_idle_is_empty() -> None:
     assert render.chart([0.0] * 50, 10, 3, 1.0) == [" " * 10] * 3
@@ -83,15 +37,17 @@ def test_a_loading_model_shows_its_phase_and_percent() -> None:
 
 
 class OverloadedClient:
-    """Telemetry of two minutes in which smol's TTFT p95 climbs while its tokens/s stays flat."""
+    """Telemetry of two minutes in which smol's TTFT p95 climbs while its tokens/s stays flat,
+    with the daemon's advice on it at the end."""
 
     runtime_dir = Path("/run/mgpud")
 
     async def events(self, topics: tuple[str, ...] = ("",)) -> AsyncIterator[dict[str, Any]]:
-        for i in range(WINDOW):
+        for i in range(len(FLAT)):
             data = telemetry(0)
             model = smol()
             model.stats = replace(model.stats, tokens_per_s_10s=FLAT[i], ttft_p95_ms=RISING[i])  # type: ignore[arg-type]
+            model.advice = advise(model, series(FLAT[:i + 1], RISING[:i + 1]), devices())
             data["models"], data["devices"] = [to_wire(model)], [to_wire(d) for d in devices()]
             data["daemon"]["uptime_s"] = float(i)
             yield {"topic": "telemetry", "time": float(i), "data": data}

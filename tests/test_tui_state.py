@@ -10,19 +10,20 @@ from typing import Any
 
 import pytest
 
+from mgpud.advice import History, tokens_per_s
 from mgpud.ipc import DaemonUnavailable
 from mgpud.tui import render
 from mgpud.tui.events import describe
 from mgpud.tui.feed import follow
 from mgpud.tui.messages import ConnectionChanged, DaemonEvent, SnapshotArrived
 from mgpud.records import MemorySplit
-from mgpud.tui.state import HISTORY_SAMPLES, History, load_fraction, parse_snapshot, pids, tokens_per_s
+from mgpud.tui.state import HISTORY_SAMPLES, load_fraction, parse_snapshot, pids
 from mgpud.tui.verdict import judge
 from test_tui_snapshots import PLAN, telemetry
 from waiting import until
 
 def test_reads_replicas_and_their_figures() -> None:
-    snap = parse_snapshot(telemetry(3), History())
+    snap = parse_snapshot(telemetry(3), History(HISTORY_SAMPLES))
     smol, tiny = snap.models
     assert smol.stats is not None and tiny.stats is None
     assert (smol.tp, smol.dp, smol.stats.running, smol.stats.waiting) == (1, 2, 6, 2)
@@ -39,7 +40,7 @@ def test_reads_replicas_and_their_figures() -> None:
 def test_tolerates_missing_and_unknown_fields() -> None:
     """An older or newer daemon: what is missing reads as unknown, what is new is left out."""
     bare = parse_snapshot({"daemon": {"pid": 7, "new": 1}, "devices": [{"id": "cuda:0", "memory": {"free": 1}}],
-                           "models": [{"name": "x", "progress": {"bytes_done": 1}}]}, History())
+                           "models": [{"name": "x", "progress": {"bytes_done": 1}}]}, History(HISTORY_SAMPLES))
     assert (bare.daemon.state, bare.daemon.pid, bare.daemon.uptime_s) == ("?", 7, None)
     assert bare.devices[0].memory is None and bare.devices[0].name == "?"  # an incomplete split: unknown
     model = bare.models[0]
@@ -49,15 +50,15 @@ def test_tolerates_missing_and_unknown_fields() -> None:
 
 def test_unreadable_telemetry_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="unreadable telemetry"):
-        parse_snapshot({"models": [{"no": "name"}]}, History())
+        parse_snapshot({"models": [{"no": "name"}]}, History(HISTORY_SAMPLES))
     with pytest.raises(ValueError):
-        parse_snapshot({"devices": "not a list of maps"}, History())
+        parse_snapshot({"devices": "not a list of maps"}, History(HISTORY_SAMPLES))
     with pytest.raises(ValueError):
-        parse_snapshot(["not", "a", "snapshot"], History())  # type: ignore[arg-type]
+        parse_snapshot(["not", "a", "snapshot"], History(HISTORY_SAMPLES))  # type: ignore[arg-type]
 
 
 def test_history_keeps_a_window_per_model_and_forgets_unloaded_ones() -> None:
-    history = History()
+    history = History(HISTORY_SAMPLES)
     for step in range(HISTORY_SAMPLES + 5):
         series = parse_snapshot(telemetry(step), history).history
     assert len(series["smol"].tokens_per_s) == HISTORY_SAMPLES
@@ -148,7 +149,7 @@ def test_the_worker_reports_the_connection_and_retries(monkeypatch: pytest.Monke
 
 
 def test_snapshots_coalesce_and_events_do_not() -> None:
-    snap = parse_snapshot(telemetry(0), History())
+    snap = parse_snapshot(telemetry(0), History(HISTORY_SAMPLES))
     newer = SnapshotArrived(snap)
     assert newer.can_replace(SnapshotArrived(snap))
     assert not newer.can_replace(DaemonEvent(0.0, {"kind": "daemon_ready"}))

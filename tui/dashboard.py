@@ -15,13 +15,12 @@ from textual.widgets import Footer
 
 from mgpud.ipc import AsyncClient, MgpudError
 
-from .advice import advise
 from .events import describe
 from .feed import follow
 from .messages import ConnectionChanged, DaemonEvent, SnapshotArrived
 from .modals import HelpScreen, LoadModal, ScaleModal, UnloadModal, report_failure
 from .prompt import PromptScreen
-from .state import Series, Snapshot
+from .state import Snapshot
 from .widgets import (COMPACT, Advice, Banner, DevicesTable, EventLog, ModelsTable, StatusBar, Throughput,
                       mode_for)
 
@@ -81,9 +80,7 @@ class Dashboard(Screen[None]):
         self._show_status(snapshot)
         self.query_one(DevicesTable).show(snapshot.devices)
         self.query_one(ModelsTable).show(snapshot.models)
-        self.query_one(Advice).say([line for m in snapshot.models
-                                    for line in advise(m, snapshot.history.get(m.name, Series((), ())),
-                                                       snapshot.devices)])
+        self.query_one(Advice).say([line for m in snapshot.models for line in m.advice])
         await self.query_one(Throughput).show(snapshot)
         self.snapshot = snapshot  # last: a test that sees it may take a picture
         if isinstance(self.app.screen, ScaleModal):

@@ -12,7 +12,7 @@ from textual.message import Message
 from mgpud.ipc import AsyncClient, MgpudError
 
 from .messages import ConnectionChanged, DaemonEvent, SnapshotArrived
-from .state import History, parse_snapshot
+from .state import HISTORY_SAMPLES, History, parse_snapshot
 
 RETRY_S = 1.0  # between attempts to reach a daemon that is down
 
@@ -21,7 +21,7 @@ async def follow(client: AsyncClient, post: Callable[[Message], Any]) -> None:
     """Post a SnapshotArrived per telemetry message and a DaemonEvent per lifecycle event;
     ConnectionChanged when the daemon goes away (or is silent for the client's timeout)
     and when it answers again. Returns only when cancelled."""
-    history = History()
+    history = History(HISTORY_SAMPLES)
     connected: bool | None = None  # None: not known yet
     while True:
         try:

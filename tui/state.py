@@ -1,30 +1,23 @@
 """What the dashboard shows: the daemon's telemetry (docs/protocol.md) read into the
 records of mgpud.records, and what the panels derive from them (a loading model's
-progress, its worker PIDs, the throughput history).
+progress, its worker PIDs, the throughput history for the charts).
 
 Parsing is lenient: a field a daemon does not send (an older or newer version) shows as
-unknown rather than breaking the screen. The throughput history lives here too, filled
-by the telemetry worker, so that snapshots the screen skips (they coalesce) still count.
+unknown rather than breaking the screen. The throughput history (mgpud/advice.py History)
+is filled by the telemetry worker, so that snapshots the screen skips (they coalesce) still count.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from mgpud.records import DaemonSummary, Device, ModelFigures, ModelRecord, ReplicaFigures, from_wire
+from mgpud.advice import History, Series
+from mgpud.records import DaemonSummary, Device, ModelRecord, from_wire
 
-HISTORY_SAMPLES = 600  # telemetry arrives about twice a second: five minutes
+HISTORY_SAMPLES = 600  # the charts' width: telemetry arrives about twice a second, five minutes
 R = TypeVar("R")
-Figures = ModelFigures | ReplicaFigures
-
-
-@dataclass(frozen=True)
-class Series:
-    tokens_per_s: tuple[float, ...]
-    ttft_p95_ms: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -36,15 +29,6 @@ class Snapshot:
 
     def model(self, name: str) -> ModelRecord | None:
         return next((m for m in self.models if m.name == name), None)
-
-
-def tokens_per_s(figures: Figures | None) -> float | None:
-    # The last 10 s rather than the last second: steadier to read, and what `mgpud ps` shows.
-    return None if figures is None else figures.tokens_per_s_10s
-
-
-def ttft_p95_ms(figures: Figures | None) -> float | None:
-    return None if figures is None else figures.ttft_p95_ms
 
 
 def load_fraction(m: ModelRecord) -> float | None:
@@ -67,23 +51,6 @@ def load_phase(m: ModelRecord) -> str | None:
 def pids(m: ModelRecord) -> tuple[int, ...]:
     """The model's worker processes, replica by replica."""
     return tuple(pid for r in (m.stats.replicas if m.stats else ()) for pid in r.pids)
-
-
-class History:
-    """Per model, the last HISTORY_SAMPLES readings of tokens/s and TTFT p95."""
-
-    def __init__(self) -> None:
-        self._tokens: dict[str, deque[float]] = {}
-        self._ttft: dict[str, deque[float]] = {}
-
-    def record(self, models: tuple[ModelRecord, ...]) -> dict[str, Series]:
-        names = {m.name for m in models}
-        for gone in set(self._tokens) - names:
-            del self._tokens[gone], self._ttft[gone]
-        for m in models:
-            self._tokens.setdefault(m.name, deque(maxlen=HISTORY_SAMPLES)).append(tokens_per_s(m.stats) or 0.0)
-            self._ttft.setdefault(m.name, deque(maxlen=HISTORY_SAMPLES)).append(ttft_p95_ms(m.stats) or 0.0)
-        return {n: Series(tuple(self._tokens[n]), tuple(self._ttft[n])) for n in names}
 
 
 def parse_snapshot(data: Mapping[str, Any], history: History) -> Snapshot:

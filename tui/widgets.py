@@ -13,10 +13,11 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Label, RichLog, Static
 
+from mgpud.advice import Figures, Series, tokens_per_s, ttft_p95_ms
 from mgpud.records import DaemonSummary, Device, ModelRecord
 
 from . import render
-from .state import HISTORY_SAMPLES, Figures, Series, Snapshot, load_phase, pids, tokens_per_s, ttft_p95_ms
+from .state import HISTORY_SAMPLES, Snapshot, load_phase, pids
 
 COMPACT, NORMAL, WIDE = "compact", "normal", "wide"
 S = TypeVar("S")  # what a table row is drawn from
@@ -57,8 +58,8 @@ class Banner(Static):
 
 
 class Advice(Static):
-    """The scaling advisor's sentences (tui/advice.py), each with its command; hidden when
-    there is nothing to advise."""
+    """The daemon's scaling advice (mgpud/advice.py), each sentence with its command; hidden
+    when there is nothing to advise."""
 
     def say(self, lines: list[str]) -> None:
         self.set_class(bool(lines), "-shown")
@@ -309,7 +310,7 @@ class Throughput(Vertical):
             await self.mount_all(rows.values())
         self.query_one("Label.empty", Label).display = not names
         for model in snapshot.models:
-            rows[model.name].show(model, snapshot.history.get(model.name, Series((), ())))
+            rows[model.name].show(model, snapshot.history.get(model.name, Series()))
 
 
 class EventLog(RichLog):

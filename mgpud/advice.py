@@ -1,20 +1,67 @@
-"""The scaling advisor: from the figures the dashboard already keeps, when to change a
-model's shape or the hardware, and the command that does it. Pure functions of a model,
-its history and the devices, so that synthetic series test every rule."""
+"""The scaling advisor: from the figures the daemon already keeps, when to change a model's
+shape or the hardware, and the `mgpud scale` command that does it. Pure functions of a
+model, its history and the devices, so that synthetic series test every rule. A leaf (no
+torch, no sockets): the daemon samples the history and advises; `status`, `ps` and the
+dashboard show what it said. The dashboard keeps a History too, for its charts."""
 
 from __future__ import annotations
 
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
 from statistics import fmean
 
-from mgpud.records import Device, ModelRecord
+from mgpud.records import Device, ModelFigures, ModelRecord, ReplicaFigures
 
-from .state import Series
-
-WINDOW = 240  # samples compared (telemetry comes twice a second): the last two minutes
+WINDOW_S = 120.0  # seconds of history compared: the last two minutes
 RISE = 1.5  # TTFT p95 counts as rising at this many times its level of the window's first half
 FLAT = 0.15  # tokens/s counts as flat within this share of its earlier level
 SPARE = 0.2  # memory counts as headroom at this share of a device free
 KV_SHORT = 0.1  # KV headroom below this, with requests waiting, is too little room
+Figures = ModelFigures | ReplicaFigures
+
+
+def tokens_per_s(figures: Figures | None) -> float | None:
+    # The last 10 s rather than the last second: steadier to read, and what `mgpud ps` shows.
+    return None if figures is None else figures.tokens_per_s_10s
+
+
+def ttft_p95_ms(figures: Figures | None) -> float | None:
+    return None if figures is None else figures.ttft_p95_ms
+
+
+@dataclass(frozen=True)
+class Series:
+    """One model's figures, oldest first: when each sample was taken (time.monotonic()),
+    its tokens/s and its TTFT p95."""
+
+    times: tuple[float, ...] = ()
+    tokens_per_s: tuple[float, ...] = ()
+    ttft_p95_ms: tuple[float, ...] = ()
+
+
+class History:
+    """Per model, the last `samples` readings of tokens/s and TTFT p95; a model gone is forgotten."""
+
+    def __init__(self, samples: int) -> None:
+        self._samples: dict[str, deque[tuple[float, float, float]]] = {}
+        self.samples = samples
+
+    @classmethod
+    def for_advice(cls, interval_s: float) -> History:
+        """Enough samples taken `interval_s` apart to span the advisor's window, and two to spare."""
+        return cls(math.ceil(WINDOW_S / interval_s) + 2)
+
+    def record(self, models: tuple[ModelRecord, ...] | list[ModelRecord]) -> dict[str, Series]:
+        now = time.monotonic()
+        names = {m.name for m in models}
+        for gone in set(self._samples) - names:
+            del self._samples[gone]
+        for m in models:
+            sample = (now, tokens_per_s(m.stats) or 0.0, ttft_p95_ms(m.stats) or 0.0)
+            self._samples.setdefault(m.name, deque(maxlen=self.samples)).append(sample)
+        return {n: Series(*map(tuple, zip(*self._samples[n], strict=True))) for n in names}
 
 
 def advise(model: ModelRecord, series: Series, devices: tuple[Device, ...]) -> list[str]:
@@ -26,15 +73,15 @@ def advise(model: ModelRecord, series: Series, devices: tuple[Device, ...]) -> l
 def _upgrade(model: ModelRecord, series: Series, devices: tuple[Device, ...]) -> str | None:
     """TTFT p95 rising while tokens/s stays flat with memory to spare: more requests than the
     compute serves, and memory is not what limits: more replicas, or faster devices."""
-    if len(series.ttft_p95_ms) < WINDOW or model.state != "ready":
-        return None
-    ttft_before, ttft_now = _halves(series.ttft_p95_ms)
-    tps_before, tps_now = _halves(series.tokens_per_s)
+    if not series.times or series.times[-1] - series.times[0] < WINDOW_S or model.state != "ready":
+        return None  # too short a history to tell
+    ttft_before, ttft_now = _halves(series.times, series.ttft_p95_ms)
+    tps_before, tps_now = _halves(series.times, series.tokens_per_s)
     rising = ttft_before > 0 and ttft_now >= RISE * ttft_before
     flat = tps_before > 0 and abs(tps_now - tps_before) <= FLAT * tps_before
     if not (rising and flat and _memory_spare(model, devices)):
         return None
-    head = (f"{model.name}: TTFT p95 rose {ttft_now / ttft_before:.1f}x in {WINDOW // 120} min while tokens/s "
+    head = (f"{model.name}: TTFT p95 rose {ttft_now / ttft_before:.1f}x in {WINDOW_S / 60:g} min while tokens/s "
             f"stayed at ~{tps_now:.0f} with memory to spare: compute-bound, time to upgrade")
     free = sum(1 for d in devices if d.model is None and d.available)
     if free >= model.tp:
@@ -63,10 +110,11 @@ def _idle_replica(model: ModelRecord, series: Series, devices: tuple[Device, ...
             f"mgpud scale {model.name} --tp {2 * model.tp} --dp {max(1, model.dp // 2)}")
 
 
-def _halves(values: tuple[float, ...]) -> tuple[float, float]:
-    """The mean of the window's first half and of its second."""
-    window = values[-WINDOW:]
-    return fmean(window[:WINDOW // 2]), fmean(window[WINDOW // 2:])
+def _halves(times: tuple[float, ...], values: tuple[float, ...]) -> tuple[float, float]:
+    """The mean of the window's first half and of its second (the history spans the window)."""
+    start, middle = times[-1] - WINDOW_S, times[-1] - WINDOW_S / 2
+    before = [v for t, v in zip(times, values, strict=True) if start <= t < middle]
+    return fmean(before), fmean(v for t, v in zip(times, values, strict=True) if t >= middle)
 
 
 def _memory_spare(model: ModelRecord, devices: tuple[Device, ...]) -> bool:
