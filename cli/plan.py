@@ -10,7 +10,7 @@ from mgpud.units import fmt_bytes
 
 from .context import Settings, global_options, pass_settings
 from .exits import FAILED, USAGE, CliError
-from .output import emit_json
+from .output import emit_json, fmt_ms
 from .params import SIZE, schema_option
 
 if TYPE_CHECKING:
@@ -20,8 +20,11 @@ if TYPE_CHECKING:
 @click.command()
 @click.argument("model")
 @click.option("--devices", metavar="SPEC",
-              help="NxNAME (8xH100-80GB, 4xL40S-48GB, 2xRTX-4090-24GB; every name in docs/cli.md), cpu:4, "
-                   "or GPU ordinals 0,1 (default: the devices found here).")
+              help="NxNAME (8xH100-80GB, 4xL40S-48GB, 2xRTX-4090-24GB; every name in docs/cli.md), NxSIZE "
+                   "(4x48GB: a device by its memory alone), cpu:4, or GPU ordinals 0,1 (default: the devices "
+                   "found here).")
+@click.option("--link", type=click.Choice(["pcie", "nvlink"]),
+              help="What connects NxSIZE devices: their all-reduce time then joins the plan.")
 @click.option("--device-memory", type=SIZE, help="Memory of each CPU device, e.g. 4GiB.")
 @schema_option("plan", "dtype", help="Weights dtype (default bf16 on GPUs, fp32 on CPU).")
 @schema_option("plan", "quantization", help="8-bit linear layers, as `mgpud load --quantization`.")
@@ -36,7 +39,8 @@ if TYPE_CHECKING:
 @schema_option("plan", "enable_expert_parallel", "--enable-expert-parallel", "--ep")
 @global_options("json")
 @pass_settings
-def plan(settings: Settings, model: str, devices: str | None, device_memory: int | None, dtype: str | None,
+def plan(settings: Settings, model: str, devices: str | None, link: str | None, device_memory: int | None,
+         dtype: str | None,
          quantization: str | None, kv_cache_dtype: str | None, max_model_len: int | None, concurrency: int,
          memory_utilization: float, tp: int, dp: int, enable_expert_parallel: bool | None) -> None:
     """The planner's table for MODEL (a model directory, a config.json, a preset such as
@@ -48,6 +52,7 @@ def plan(settings: Settings, model: str, devices: str | None, device_memory: int
     Examples:
       mgpud plan Llama-3.1-70B --devices 8xH100-80GB --max-model-len 8192
       mgpud plan demo --devices cpu:4
+      mgpud plan Llama-3.1-70B --devices 4x48GB --link pcie
       mgpud plan /models/Qwen2.5-72B --quantization fp8 --json | jq .chosen
     """
     from mgpud.engine.hosts.inventory import DeviceSpecError
@@ -58,7 +63,8 @@ def plan(settings: Settings, model: str, devices: str | None, device_memory: int
         result = make_plan(model, devices, dtype=dtype, quantization=quantization,
                            kv_cache_dtype=kv_cache_dtype or "auto", max_model_len=max_model_len,
                            concurrency=concurrency, memory_utilization=memory_utilization, tp=tp, dp=dp,
-                           device_memory=device_memory, enable_expert_parallel=bool(enable_expert_parallel))
+                           device_memory=device_memory, enable_expert_parallel=bool(enable_expert_parallel),
+                           link=link)
     except DeviceSpecError as exc:
         raise CliError(f"--devices: {exc}", USAGE) from None
     except EngineError as exc:
@@ -72,18 +78,18 @@ def plan(settings: Settings, model: str, devices: str | None, device_memory: int
 
 
 _COLUMNS = ("", "tp", "dp", "fits", "weights/dev", "KV/token/dev", "KV tokens/replica", "seqs",
-            "all-reduce/token", "all-reduce/step", "tok/s (est.)", "bound", "why")
-_RIGHT = {1, 2, 4, 5, 6, 7, 8, 9, 10}  # numeric columns
+            "all-reduce/token", "all-reduce/step", "all-reduce time/step", "tok/s (est.)", "bound", "why")
+_RIGHT = {1, 2, 4, 5, 6, 7, 8, 9, 10, 11}  # numeric columns
 
 
 def format_table(plan: Plan) -> str:
     """The plan as `mgpud plan` prints it: header, aligned table (chosen shape marked *), reasons."""
     columns, cells, right = _COLUMNS, [_row(plan, s) for s in plan.shapes], _RIGHT
     if plan.expert_parallel:  # the MoE layers' all-to-all traffic, after the all-reduce columns
-        columns = columns[:10] + ("all-to-all/token",) + columns[10:]
-        cells = [row[:10] + (fmt_bytes(s.all_to_all_bytes_per_token),) + row[10:]
+        columns = columns[:11] + ("all-to-all/token",) + columns[11:]
+        cells = [row[:11] + (fmt_bytes(s.all_to_all_bytes_per_token),) + row[11:]
                  for row, s in zip(cells, plan.shapes)]
-        right = _RIGHT | {11}
+        right = _RIGHT | {12}
     rows = [columns] + cells
     widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
     table = ["  ".join(cell.rjust(w) if i in right else cell.ljust(w)
@@ -96,7 +102,7 @@ def _row(plan: Plan, s: Shape) -> tuple[str, ...]:
     return ("*" if (s.tp, s.dp) == plan.chosen else "", str(s.tp), str(s.dp), "yes" if s.fits else "no",
             fmt_bytes(s.weights_per_device), fmt_bytes(s.kv_bytes_per_token), f"{s.kv_tokens:,}",
             str(s.sequences), fmt_bytes(s.allreduce_bytes_per_token), fmt_bytes(s.allreduce_bytes_per_step),
-            rate, s.bound or "-", s.why)
+            fmt_ms(None if s.allreduce_s_per_step is None else 1000 * s.allreduce_s_per_step), rate, s.bound or "-", s.why)
 
 
 def _header(plan: Plan) -> list[str]:

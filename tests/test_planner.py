@@ -238,6 +238,33 @@ def test_a_device_named_by_its_memory_alone():
     assert p.chosen is not None and all(s.tokens_per_s is None for s in p.shapes)
 
 
+def test_a_device_by_its_memory_with_a_link_plans_the_all_reduce_cost():
+    pcie = plan("Llama-3.1-70B", "4x48GB", link="pcie", max_model_len=8192)
+    shape = pcie.chosen_shape
+    assert (shape.tp, shape.batch, shape.tokens_per_s) == (4, 8, None)  # memory and a link: no compute figures
+    # 2 all-reduces x 80 layers, each 25 us plus a ring's 2(tp-1)/tp of 8 x 8192 bf16 at 32 GB/s.
+    assert shape.allreduce_s_per_step == pytest.approx(160 * (25e-6 + 1.5 * 8 * 8192 * 2 / 32e9))
+    assert pcie.devices == "4x 48GB over PCIe Gen4 x16" and "--link pcie: PCIe Gen4 x16, 32 GB/s" in pcie.notes[0]
+    assert "5.0 ms" in format_table(pcie) and "all-reduce time/step" in format_table(pcie)
+    nvlink = plan("Llama-3.1-70B", "4x48GB", link="nvlink", max_model_len=8192).chosen_shape
+    assert nvlink.allreduce_s_per_step < shape.allreduce_s_per_step / 2
+    alone = plan("Llama-3.1-70B", "4x48GB", max_model_len=8192)
+    assert all(s.allreduce_s_per_step is None for s in alone.shapes)  # memory only, as before
+    assert "--link pcie or --link nvlink adds the all-reduce cost" in alone.notes[0]
+    h100 = plan("Llama-3.1-70B", "8xH100-80GB", max_model_len=8192).chosen_shape  # a known device: its own link
+    step = decode_step(L70, HARDWARE["H100-80GB"], "bf16", h100.tp, h100.batch, 4096)
+    assert h100.allreduce_s_per_step == pytest.approx(step.comm)
+
+
+@pytest.mark.parametrize("spec, what", [("8xH100-80GB", "its interconnect is NVLink 4"), ("cpu:2", "gloo"),
+                                        (None, "the devices found")])
+def test_a_link_only_for_devices_by_their_memory(spec, what):
+    with pytest.raises(DeviceSpecError, match=f"--link is for devices named by their memory alone.*{what}"):
+        plan("Llama-3.1-8B", spec, link="pcie")
+    with pytest.raises(DeviceSpecError, match="--link 'ib' unknown; use pcie or nvlink"):
+        plan("Llama-3.1-8B", "2x24GB", link="ib")
+
+
 @pytest.mark.parametrize("spec", ["auto", "0,1", "9xB200", "cpu:0", "0xH100-80GB", "4x48", "0x48GB"])
 def test_describe_rejects_what_is_no_description(spec):
     assert describe(spec) is None

@@ -25,6 +25,19 @@ class Hardware:
     link_bandwidth: float  # bytes/s per direction, per device
     link_latency: float  # seconds one small all-reduce takes
 
+    @property
+    def interconnect(self) -> Link:
+        return Link(self.link, self.link_bandwidth, self.link_latency)
+
+
+@dataclass(frozen=True)
+class Link:
+    """What connects the devices, as the all-reduce cost needs it."""
+
+    name: str
+    bandwidth: float  # bytes/s per direction, per device
+    latency: float  # seconds one small all-reduce takes
+
 
 _NVLINK_LATENCY = 10e-6  # s: NCCL all-reduce of a decode-sized message inside an NVLink domain
 _PCIE_LATENCY = 25e-6  # s: the same through the PCIe root complex
@@ -49,6 +62,11 @@ HARDWARE: dict[str, Hardware] = {h.name: h for h in (
     Hardware("MI300X-192GB", 192 * 1024 * MiB, 1307.4e12, 163.4e12, 5.3e12, "Infinity Fabric", 448e9,
              _NVLINK_LATENCY),
 )}
+
+# What `plan --devices NxSIZE --link KIND` lends a device known by its memory alone: the
+# interconnect of a catalog card that has it (PCIe: the Gen4 x16 of the 24-48 GB cards;
+# NVLink: an SXM5 H100's).
+LINKS: dict[str, Link] = {"pcie": HARDWARE["L40S-48GB"].interconnect, "nvlink": HARDWARE["H100-80GB"].interconnect}
 
 # Substrings of NVML device names -> preset; a GPU not listed gets no throughput estimate.
 # "L40S" before "L4", which it contains.

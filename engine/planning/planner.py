@@ -22,7 +22,7 @@ from mgpud.units import fmt_bytes
 from ..config import SUPPORTED_ARCHITECTURES, ModelConfig
 from ..exceptions import EngineError
 from ..hosts.cpu_features import default_dtype
-from ..hosts.hardware import RUNTIME_MEMORY, Hardware
+from ..hosts.hardware import RUNTIME_MEMORY, Hardware, Link
 from ..jsonfile import read_json
 from .presets import MODEL_PRESETS, model_preset
 from .targets import DeviceSet, device_set
@@ -150,15 +150,22 @@ def decode_step(cfg: ModelConfig, hw: Hardware, dtype: str, tp: int, batch: int,
     weights = weight_bytes(cfg, dtype, tp, quantization, expert_parallel) - _unread_expert_bytes(cfg, dtype, tp, batch)
     kv = kv_bytes_per_token(cfg, dtype, tp, kv_cache_dtype)
     memory = (weights + batch * context * kv) / hw.memory_bandwidth
-    comm = 0.0
-    if tp > 1:
-        message = batch * h * activation_bytes(dtype)
-        ring = 2 * (tp - 1) / tp * message
-        comm = _allreduces(cfg, expert_parallel) * (hw.link_latency + ring / hw.link_bandwidth)
-        if expert_parallel:  # dispatch and combine per MoE layer
-            spread = cfg.experts_per_token * (tp - 1) / tp * message
-            comm += cfg.moe_layers() * 2 * (hw.link_latency + spread / hw.link_bandwidth)
-    return StepTime(compute, memory, comm)
+    return StepTime(compute, memory, communication_s(cfg, hw.interconnect, dtype, tp, batch, expert_parallel))
+
+
+def communication_s(cfg: ModelConfig, link: Link, dtype: str, tp: int, batch: int,
+                    expert_parallel: bool = False) -> float:
+    """Seconds one decode step of `batch` sequences on a tp-way replica spends in its
+    all-reduces over `link` (and, under expert parallelism, the MoE dispatch and combine)."""
+    if tp == 1:
+        return 0.0
+    message = batch * cfg.hidden_size * activation_bytes(dtype)
+    ring = 2 * (tp - 1) / tp * message
+    comm = _allreduces(cfg, expert_parallel) * (link.latency + ring / link.bandwidth)
+    if expert_parallel:  # dispatch and combine per MoE layer
+        spread = cfg.experts_per_token * (tp - 1) / tp * message
+        comm += cfg.moe_layers() * 2 * (link.latency + spread / link.bandwidth)
+    return comm
 
 
 def _unread_expert_bytes(cfg: ModelConfig, dtype: str, tp: int, batch: int) -> float:  # bytes
@@ -193,6 +200,7 @@ class Shape:
     sequences: int  # max_model_len sequences one replica holds
     allreduce_bytes_per_token: int  # bytes each device sends per generated token
     allreduce_bytes_per_step: int  # the same for one decode step of `batch` sequences
+    allreduce_s_per_step: float | None  # seconds that step spends communicating; None without link figures
     all_to_all_bytes_per_token: int  # expert parallel: MoE dispatch and combine bytes each device sends
     batch: int  # sequences per replica in the estimate: min(concurrency, sequences)
     tokens_per_s: float | None  # decode estimate, all replicas; None without hardware figures
@@ -255,6 +263,7 @@ class _Ask:
     quantization: str | None = None  # the linear layers' when 8-bit
     kv_cache_dtype: str = "auto"
     model: str = ""  # as the user named it, for the advice's command line
+    link: Link | None = None  # what connects the devices: the hardware's, or what --link names
 
 
 def plan(model: ModelConfig | str | Path, devices: DeviceSet | str | None = None, *,
@@ -263,7 +272,7 @@ def plan(model: ModelConfig | str | Path, devices: DeviceSet | str | None = None
          device_memory: int | None = None, max_num_seqs: int = 256,
          max_num_batched_tokens: int = 2048, kv_cache_memory: int | None = None,
          enable_expert_parallel: bool = False, quantization: str | None = None,
-         kv_cache_dtype: str = "auto") -> Plan:
+         kv_cache_dtype: str = "auto", link: str | None = None) -> Plan:
     """Every (tp, dp) shape for `model` on `devices`, and the one to use.
 
     model: a ModelConfig, a model directory, a config.json, or a preset name.
@@ -276,6 +285,7 @@ def plan(model: ModelConfig | str | Path, devices: DeviceSet | str | None = None
     enable_expert_parallel: MoE experts placed whole, expert e of E on rank e * tp // E.
     quantization: int8 or fp8 linear layers, as `mgpud load --quantization` (an fp8 checkpoint
     is fp8 without it); kv_cache_dtype: auto or fp8, as `mgpud load --kv-cache-dtype`.
+    link: "pcie" or "nvlink", what connects devices described by their memory alone ("4x48GB").
     """
     _check_knobs(max_model_len, concurrency, memory_utilization, tp, dp, block_size)
     _check_precision(quantization, kv_cache_dtype)
@@ -288,12 +298,12 @@ def plan(model: ModelConfig | str | Path, devices: DeviceSet | str | None = None
                         f"KV-cache layout are unknown to it) and gives no figures rather than wrong ones; "
                         f"it models {', '.join(MODELLED_ARCHITECTURES)}")
     quantization = quantization or (cfg.quantization if cfg.quantization in DTYPES else None)
-    pool = devices if isinstance(devices, DeviceSet) else device_set(devices, device_memory)
+    pool = devices if isinstance(devices, DeviceSet) else device_set(devices, device_memory, link)
     wdtype = normalize_dtype(dtype or default_dtype(pool.kind == "cuda"))  # the engine's default
     ask = _Ask(cfg, pool.hardware, wdtype, device_budget(pool, memory_utilization),
                max_model_len or cfg.max_position_embeddings, concurrency, block_size,
                max_num_batched_tokens, max_num_seqs, kv_cache_memory, enable_expert_parallel, quantization,
-               kv_cache_dtype, str(model))
+               kv_cache_dtype, str(model), pool.hardware.interconnect if pool.hardware else pool.link)
     valid = cfg.valid_tp_degrees(pool.count)
     shapes = [_shape(ask, t, d) for t in valid for d in range(1, pool.count // t + 1)]
     knee = (knee_tp(cfg, ask.hw, wdtype, valid, concurrency, ask.length // 2, enable_expert_parallel,
@@ -386,6 +396,7 @@ def _shape(ask: _Ask, tp: int, dp: int) -> Shape:
                         ask.quantization, ask.kv_cache_dtype) if ask.hw and batch else None)
     rate = dp * batch / step.total if step else (0.0 if ask.hw else None)
     per_token_ar = allreduce_bytes_per_token(ask.cfg, ask.dtype, tp, ask.expert_parallel)
+    comm = communication_s(ask.cfg, ask.link, ask.dtype, tp, batch, ask.expert_parallel) if ask.link and batch else None
     # An explicit KV size is allocated as given: the engine then checks no memory budget.
     weights_fit = ask.kv_cache_memory is not None or weights <= ask.budget
     why = _why(ask, weights, tokens, sequences)
@@ -393,7 +404,7 @@ def _shape(ask: _Ask, tp: int, dp: int) -> Shape:
     if short:
         why = f"expert parallelism over {tp} ranks needs at least {tp} experts; the model has {ask.cfg.num_experts}"
     return Shape(tp, dp, weights_fit and sequences >= 1 and not short, why,
-                 weights, room, per_token, tokens, sequences, per_token_ar, per_token_ar * batch,
+                 weights, room, per_token, tokens, sequences, per_token_ar, per_token_ar * batch, comm,
                  all_to_all_bytes_per_token(ask.cfg, ask.dtype, tp, ask.expert_parallel), batch,
                  rate, step.bound if step else None)
 

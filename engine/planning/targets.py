@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..hosts.hardware import HARDWARE, Hardware, cpu_hardware, hardware_for_gpu
+from ..hosts.hardware import HARDWARE, LINKS, Hardware, Link, cpu_hardware, hardware_for_gpu
 from ..hosts.inventory import Device, DeviceSpecError, cpu_device_memory, discover
 from mgpud.units import parse_size
 
@@ -22,18 +22,21 @@ class DeviceSet:
     hardware: Hardware | None  # None: figures unknown, no throughput estimate
     in_use: int = 0  # bytes other processes hold now on the busiest device
     notes: tuple[str, ...] = ()
+    link: Link | None = None  # devices known by their memory alone: the interconnect --link names
 
 
 _DESCRIPTION = re.compile(r"^(?:(\d+)\s*x\s*)?([a-z0-9.-]+)$", re.IGNORECASE)
 
 
-def describe(spec: str, device_memory: int | None = None) -> DeviceSet | None:
+def describe(spec: str, device_memory: int | None = None, link: str | None = None) -> DeviceSet | None:
     """The pool "8xH100-80GB", "A100-40GB" or "cpu:4" describes; None if `spec` is no description.
 
     device_memory: bytes per CPU device (default: the share devices.cpu_devices gives).
+    link: "pcie" or "nvlink", what connects devices named by their memory alone ("4x48GB").
     """
     text = spec.strip()
     if text.lower().startswith("cpu:") and text[4:].isdigit() and int(text[4:]) > 0:
+        _no_link(link, f"{text} (CPU devices talk through gloo on this host)")
         return cpu_device_set(int(text[4:]), device_memory)
     match = _DESCRIPTION.match(text)
     if match is None:
@@ -43,13 +46,32 @@ def describe(spec: str, device_memory: int | None = None) -> DeviceSet | None:
         return None
     hardware = next((h for name, h in HARDWARE.items() if name.lower() == model), None)
     if hardware is not None:
+        _no_link(link, f"{hardware.name} (its interconnect is {hardware.link})")
         return DeviceSet(f"{count}x {hardware.name}", "cuda", count, hardware.memory, hardware)
     memory = _custom_memory(model)
     if memory is None:
         return None
-    return DeviceSet(f"{count}x {match.group(2)}", "cuda", count, memory, None,
-                     notes=(f"{match.group(2)}: a device by its memory alone, no throughput estimate "
-                            f"(known devices: {', '.join(HARDWARE)})",))
+    return _custom_set(count, match.group(2), memory, link)
+
+
+def _custom_set(count: int, name: str, memory: int, link: str | None) -> DeviceSet:
+    """`count` devices known by their `memory` alone, connected by the `link` named, if any."""
+    if link is None:
+        return DeviceSet(f"{count}x {name}", "cuda", count, memory, None,
+                         notes=(f"{name}: a device by its memory alone, no throughput estimate; --link pcie or "
+                                f"--link nvlink adds the all-reduce cost (known devices: {', '.join(HARDWARE)})",))
+    if link not in LINKS:
+        raise DeviceSpecError(f"--link {link!r} unknown; use {' or '.join(LINKS)}")
+    figures = LINKS[link]
+    return DeviceSet(f"{count}x {name} over {figures.name}", "cuda", count, memory, None, link=figures,
+                     notes=(f"{name}: a device by its memory alone, no throughput estimate; all-reduce time from "
+                            f"--link {link}: {figures.name}, {figures.bandwidth / 1e9:g} GB/s per direction, "
+                            f"{figures.latency * 1e6:g} us per small all-reduce",))
+
+
+def _no_link(link: str | None, devices: str) -> None:
+    if link is not None:
+        raise DeviceSpecError(f"--link is for devices named by their memory alone (e.g. 4x48GB), not {devices}")
 
 
 def _custom_memory(text: str) -> int | None:
@@ -67,11 +89,12 @@ def cpu_device_set(count: int, device_memory: int | None = None) -> DeviceSet:
     return DeviceSet(f"cpu:{count}", "cpu", count, memory, cpu_hardware(count, memory))
 
 
-def device_set(spec: str | None, device_memory: int | None = None) -> DeviceSet:
+def device_set(spec: str | None, device_memory: int | None = None, link: str | None = None) -> DeviceSet:
     """The pool a description names ("8xH100-80GB", "cpu:4"), else the devices discovered."""
-    described = describe(spec, device_memory) if spec else None
+    described = describe(spec, device_memory, link) if spec else None
     if described:
         return described
+    _no_link(link, f"the devices found ({spec or 'auto'})")
     try:
         found = discover(spec, device_memory)
     except DeviceSpecError:
