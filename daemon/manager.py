@@ -77,7 +77,8 @@ class Model:
             error=self.error, progress=self.progress if self.state in ("loading", "reconfiguring") else None,
             reasons=self.reasons, loaded_at=self.loaded_at, stats=stats, auto=self.auto,
             weights=(loaded.quantization or loaded.dtype) if loaded else None,
-            kv_cache_dtype=loaded.kv_cache_dtype if loaded else None)
+            kv_cache_dtype=loaded.kv_cache_dtype if loaded else None,
+            tp_degrees=self.group.model.config.valid_tp_degrees() if self.group is not None else [])
 
 
 class ModelManager:

@@ -94,8 +94,10 @@ def _kv_room(model: ModelRecord, series: Series, devices: tuple[Device, ...]) ->
     stats = model.stats
     if stats is None or stats.kv_headroom is None or stats.kv_headroom >= KV_SHORT or not stats.waiting:
         return None
-    return (f"{model.name}: KV cache {1 - stats.kv_headroom:.0%} full with {stats.waiting} waiting: give it more "
-            f"KV room: mgpud scale {model.name} --tp {2 * model.tp} (or a shorter max_model_len)")
+    head = f"{model.name}: KV cache {1 - stats.kv_headroom:.0%} full with {stats.waiting} waiting: give it more KV room"
+    if (tp := _wider_tp(model, model.dp, devices)) is not None:
+        return f"{head}: mgpud scale {model.name} --tp {tp} (or a shorter max_model_len)"
+    return f"{head}: load it again with a larger --kv-cache-memory or a shorter --max-model-len"
 
 
 def _idle_replica(model: ModelRecord, series: Series, devices: tuple[Device, ...]) -> str | None:
@@ -105,9 +107,19 @@ def _idle_replica(model: ModelRecord, series: Series, devices: tuple[Device, ...
     queued = [r for r in replicas if r.waiting]
     if not (idle and queued):
         return None
-    return (f"{model.name}: replica {idle[0].index} idle while replica {queued[0].index} queues "
-            f"{queued[0].waiting}: check the routing, or fewer wider replicas: "
-            f"mgpud scale {model.name} --tp {2 * model.tp} --dp {max(1, model.dp // 2)}")
+    head = (f"{model.name}: replica {idle[0].index} idle while replica {queued[0].index} queues "
+            f"{queued[0].waiting}: check the routing")
+    dp = max(1, model.dp // 2)
+    if (tp := _wider_tp(model, dp, devices)) is not None:
+        return f"{head}, or fewer wider replicas: mgpud scale {model.name} --tp {tp} --dp {dp}"
+    return head
+
+
+def _wider_tp(model: ModelRecord, dp: int, devices: tuple[Device, ...]) -> int | None:
+    """The next tp the model's heads split into that `dp` replicas can have on its own
+    devices and the free ones; None when there is none."""
+    usable = sum(1 for d in devices if d.id in model.devices or (d.model is None and d.available))
+    return next((tp for tp in model.tp_degrees if tp > model.tp and tp * dp <= usable), None)
 
 
 def _halves(times: tuple[float, ...], values: tuple[float, ...]) -> tuple[float, float]:

@@ -160,6 +160,7 @@ class ModelRecord:
     weights: str | None = None  # what the linear layers' weights hold: int8, fp8 or the dtype; once loaded
     kv_cache_dtype: str | None = None  # once loaded
     advice: list[str] = field(default_factory=list)  # the scaling advisor's sentences (mgpud/advice.py)
+    tp_degrees: list[int] = field(default_factory=list)  # the tp its heads split into (up to 64); once loaded
 
 
 @dataclass

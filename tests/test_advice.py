@@ -24,19 +24,21 @@ RISING = tuple(100.0 + 300.0 * i / N for i in range(N))  # TTFT p95 from 100 to 
 FLAT = tuple(110.0 + (i % 3) for i in range(N))  # tokens/s steady around 110
 
 
-def smol(waiting: int = 0, kv_used: int = 700, idle_replica: bool = False) -> ModelRecord:
+def smol(waiting: int = 0, kv_used: int = 700, idle_replica: bool = False, tp_degrees: tuple[int, ...] = (1, 2, 4)
+         ) -> ModelRecord:
     replicas = [replica(0, "cpu:0", 4, 600, 66.0, 90.0), replica(1, "cpu:1", 0 if idle_replica else 2, 100, 44, 70.0)]
     replicas[0] = replace(replicas[0], waiting=waiting)
     stats = ModelFigures(name="smol", tp=1, dp=2, max_model_len=2048, running=6, waiting=waiting,
                          kv_blocks_used=kv_used, kv_blocks_total=2000, tokens_per_s_10s=110.0, ttft_p95_ms=400.0,
                          replicas=replicas)
-    return ModelRecord(name="smol", model="demo", state="ready", tp=1, dp=2, devices=["cpu:0", "cpu:1"], stats=stats)
+    return ModelRecord(name="smol", model="demo", state="ready", tp=1, dp=2, devices=["cpu:0", "cpu:1"], stats=stats,
+                       tp_degrees=list(tp_degrees))
 
 
-def devices(free_device: bool = True, full: bool = False) -> tuple[Device, ...]:
+def devices(free: int = 1, full: bool = False) -> tuple[Device, ...]:
+    """smol's two devices (`full`: KV takes most of their memory) and `free` more."""
     held = [from_wire(Device, device(i, "smol", i, 538 << 20, (3 * GiB if full else GiB), 0)) for i in (0, 1)]
-    spare = [from_wire(Device, device(2, None, None, 0, 0, 0))] if free_device else []
-    return tuple(held + spare)
+    return tuple(held + [from_wire(Device, device(2 + i, None, None, 0, 0, 0)) for i in range(free)])
 
 
 def series(tokens: tuple[float, ...], ttft: tuple[float, ...]) -> Series:
@@ -47,7 +49,7 @@ def test_rising_ttft_with_flat_throughput_and_memory_to_spare_says_upgrade() -> 
     [advice] = advise(smol(), series(FLAT, RISING), devices())
     assert advice.startswith("smol: TTFT p95 rose 1.9x in 2 min while tokens/s stayed at ~111")
     assert advice.endswith("add a replica: mgpud scale smol --dp 3")
-    [crowded] = advise(smol(), series(FLAT, RISING), devices(free_device=False))
+    [crowded] = advise(smol(), series(FLAT, RISING), devices(free=0))
     assert "compute-bound" in crowded and "more or faster devices" in crowded and "mgpud scale" not in crowded
 
 
@@ -55,20 +57,27 @@ def test_no_upgrade_advice_when_a_condition_fails() -> None:
     growing = tuple(50.0 + i for i in range(N))  # throughput grows with the load: it keeps up
     assert advise(smol(), series(growing, RISING), devices()) == []
     assert advise(smol(), series(FLAT, (100.0,) * N), devices()) == []  # TTFT steady
-    assert advise(smol(), series(FLAT, RISING), devices(free_device=False, full=True)) == []  # memory is the limit
+    assert advise(smol(), series(FLAT, RISING), devices(free=0, full=True)) == []  # memory is the limit
     assert advise(smol(), series(FLAT[:N - 1], RISING[:N - 1]), devices()) == []  # too short to tell
     assert advise(smol(), series((0.0,) * N, RISING), devices()) == []  # nothing served: not compute-bound
     assert advise(replace(smol(), state="degraded"), series(FLAT, RISING), devices()) == []
 
 
 def test_kv_room_and_idle_replica_rules() -> None:
-    short = advise(smol(waiting=3, kv_used=1900), Series(), devices())
+    short = advise(smol(waiting=3, kv_used=1900), Series(), devices(free=2))
     assert short == [("smol: KV cache 95% full with 3 waiting: give it more KV room: mgpud scale smol --tp 2 "
                       "(or a shorter max_model_len)")]
+    # tp=2 x dp=2 needs four devices, and a model whose heads split 1 or 3 ways has no tp=2.
+    reload = ("smol: KV cache 95% full with 3 waiting: give it more KV room: load it again with a larger "
+              "--kv-cache-memory or a shorter --max-model-len")
+    assert advise(smol(waiting=3, kv_used=1900), Series(), devices(free=1)) == [reload]
+    assert advise(smol(waiting=3, kv_used=1900, tp_degrees=(1, 3)), Series(), devices(free=2)) == [reload]
     assert advise(smol(waiting=0, kv_used=1900), Series(), devices()) == []  # full, nobody waits
     [idle] = advise(smol(waiting=2, idle_replica=True), Series(), devices())
     assert idle.startswith("smol: replica 1 idle while replica 0 queues 2: check the routing")
     assert idle.endswith("mgpud scale smol --tp 2 --dp 1")
+    [narrow] = advise(smol(waiting=2, idle_replica=True, tp_degrees=(1, 3)), Series(), devices(free=0))
+    assert narrow.endswith("check the routing")
 
 
 def test_the_history_spans_the_window_at_the_daemons_interval_and_forgets_unloaded_models() -> None:
@@ -96,7 +105,7 @@ def test_the_daemons_telemetry_advises_on_what_it_reads() -> None:
 @pytest.fixture
 def advised() -> dict[str, object]:
     model = smol(waiting=3, kv_used=1900)
-    return to_wire(replace(model, advice=advise(model, Series(), devices())))
+    return to_wire(replace(model, advice=advise(model, Series(), devices(free=2))))
 
 
 def test_status_and_ps_print_the_advice_under_the_model(advised: dict[str, object]) -> None:

@@ -245,6 +245,8 @@ def test_ps(daemon: Daemon, served: dict[str, Any]) -> None:
     data = json.loads(daemon.cli("ps", "--json").stdout)
     assert [m["name"] for m in data["models"]] == ["tiny"]
     assert set(data["models"][0]) >= {"name", "state", "tp", "dp", "devices", "stats"}
+    # 4 heads and 2 KV heads split 1 or 2 ways; an idle model gets no advice (mgpud/advice.py).
+    assert (data["models"][0]["tp_degrees"], data["models"][0]["advice"]) == ([1, 2], [])
 
 
 def test_generate_streams_text_and_prints_figures(daemon: Daemon, served: dict[str, Any]) -> None:
