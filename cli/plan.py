@@ -102,7 +102,8 @@ def _row(plan: Plan, s: Shape) -> tuple[str, ...]:
     return ("*" if (s.tp, s.dp) == plan.chosen else "", str(s.tp), str(s.dp), "yes" if s.fits else "no",
             fmt_bytes(s.weights_per_device), fmt_bytes(s.kv_bytes_per_token), f"{s.kv_tokens:,}",
             str(s.sequences), fmt_bytes(s.allreduce_bytes_per_token), fmt_bytes(s.allreduce_bytes_per_step),
-            fmt_ms(None if s.allreduce_s_per_step is None else 1000 * s.allreduce_s_per_step), rate, s.bound or "-", s.why)
+            fmt_ms(None if s.allreduce_s_per_step is None else 1000 * s.allreduce_s_per_step), rate,
+            s.bound or "-", s.why)
 
 
 def _header(plan: Plan) -> list[str]:
