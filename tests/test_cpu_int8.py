@@ -38,9 +38,9 @@ def test_kernel_matches_dequantized_weights(m: int, n: int, k: int) -> None:
 
 
 def test_threads_strided_rows_and_bf16_activations() -> None:
-    weight, scale = _quantized(70, 96)
-    wide = torch.randn(2, 9, 200)
-    x = wide[..., 50:146]  # a view: rows 200 floats apart, as a slice of a fused output
+    weight, scale = _quantized(522, 512)  # enough multiply-adds for threads (the kernel's threshold: 4M each)
+    wide = torch.randn(2, 32, 600)
+    x = wide[..., 50:562]  # a view: rows 600 floats apart, as a slice of a fused output
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -49,7 +49,7 @@ def test_threads_strided_rows_and_bf16_activations() -> None:
         three = cpu_int8.linear(x, weight, scale)
     finally:
         torch.set_num_threads(before)
-    assert one.shape == (2, 9, 70) and torch.equal(one, three)  # each output is one thread's sum
+    assert one.shape == (2, 32, 522) and torch.equal(one, three)  # each output is one thread's sum
     torch.testing.assert_close(one, _dequantized(x, weight, scale), atol=1e-4, rtol=1e-4)
     bf16 = cpu_int8.linear(x.bfloat16(), weight, scale)
     assert bf16.dtype == torch.bfloat16

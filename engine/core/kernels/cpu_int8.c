@@ -7,7 +7,8 @@
    is read once: four rows at a time are widened to float32 in an L1-sized buffer, a chunk
    of columns at a time, and dotted with every activation row there (two activation rows
    share each load of the four weight vectors). The threads split the output channels,
-   each a contiguous run of rows, so each streams its own part of w.
+   each a contiguous run of rows, so each streams its own part of w; small layers run on
+   one thread.
 
    OpenMP: the library links libgomp.so.1, which in a torch process is the runtime torch
    loaded already, so the kernel and torch's own ops share one pool of threads.
@@ -145,6 +146,11 @@ static void tile(const float *x, int64_t M, int64_t K, int64_t ldx, const int8_t
 void mgpud_int8_linear(const float *x, int64_t M, int64_t K, int64_t ldx, const int8_t *w, const float *scale,
                        float *y, int64_t N, float *acc, int threads) {
     int64_t tiles = (N + ROWS - 1) / ROWS;
+    /* A thread per 4M multiply-adds (~0.5 ms): a fork and join costs tens of microseconds on
+       an idle machine, and a whole scheduler slice on a busy one when a thread of the team
+       is not running; a decode step of a small model would pay it for every layer. */
+    int64_t worth = M * N * K / (4 << 20);
+    if (threads > worth) threads = (int)worth;
     if (threads > tiles) threads = (int)tiles;
     if (threads < 1) threads = 1;
 #pragma omp parallel num_threads(threads)
