@@ -37,6 +37,11 @@ def test_kernel_matches_dequantized_weights(m: int, n: int, k: int) -> None:
     torch.testing.assert_close(got, _dequantized(x, weight, scale), atol=1e-4, rtol=1e-4)
 
 
+def test_no_tokens_give_an_empty_output() -> None:
+    weight, scale = _quantized(8, 16)
+    assert cpu_int8.linear(torch.empty(0, 16), weight, scale).shape == (0, 8)
+
+
 def test_threads_strided_rows_and_bf16_activations() -> None:
     weight, scale = _quantized(522, 512)  # enough multiply-adds for threads (the kernel's threshold: 4M each)
     wide = torch.randn(2, 32, 600)

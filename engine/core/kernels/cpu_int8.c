@@ -4,11 +4,12 @@
    [N] (one per output channel), y float32 [M, N] contiguous.
 
    At decode sizes (small M) the layer is bound by reading the weights, so each weight row
-   is read once: four rows at a time are widened to float32 in an L1-sized buffer, a chunk
-   of columns at a time, and dotted with every activation row there (two activation rows
-   share each load of the four weight vectors). The threads split the output channels,
-   each a contiguous run of rows, so each streams its own part of w; small layers run on
-   one thread.
+   is read once, four rows at a time: for one or two activation rows they are widened to
+   float32 in registers and dotted there; for more, widened into an L1-sized buffer, a
+   chunk of columns at a time, and dotted with every activation row from it (two
+   activation rows share each load of the four weight vectors). The threads split the
+   output channels, each a contiguous run of rows, so each streams its own part of w;
+   small layers run on one thread.
 
    OpenMP: the library links libgomp.so.1, which in a torch process is the runtime torch
    loaded already, so the kernel and torch's own ops share one pool of threads.
@@ -145,6 +146,7 @@ static void tile(const float *x, int64_t M, int64_t K, int64_t ldx, const int8_t
 /* acc: scratch of threads * M * ROWS floats. */
 void mgpud_int8_linear(const float *x, int64_t M, int64_t K, int64_t ldx, const int8_t *w, const float *scale,
                        float *y, int64_t N, float *acc, int threads) {
+    if (M <= 0 || N <= 0) return;
     int64_t tiles = (N + ROWS - 1) / ROWS;
     /* A thread per 4M multiply-adds (~0.5 ms): a fork and join costs tens of microseconds on
        an idle machine, and a whole scheduler slice on a busy one when a thread of the team
