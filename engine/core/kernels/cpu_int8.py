@@ -1,9 +1,9 @@
 """The CPU weight-only int8 matmul (cpu_int8.c), built on first use by cbuild.py.
 
-torch's own CPU int8 matmul (`torch._weight_int8pack_mm`) wants bf16 activations, which
-CPUs without bf16 instructions emulate slowly, and runs ~10x slower than a float32
-F.linear with float32 ones; this kernel reads the int8 weights once per call and computes
-in float32.
+torch's own CPU int8 matmul (`torch._weight_int8pack_mm`) wants bf16 activations and
+scales (with float32 ones it ran ~10x slower than a float32 F.linear), and forks its
+threads for every layer however small; this kernel computes in float32, reads the int8
+weights once per call, and keeps small layers on one thread.
 """
 
 from __future__ import annotations
