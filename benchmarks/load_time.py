@@ -7,10 +7,12 @@ heads) at tp 1 and 2. Target: ratio (load_s / raw_read_s) at most 1.5.
 
 Each configuration is measured with a warm page cache (the files were just read) and a
 cold one, where posix_fadvise(DONTNEED) drops the files from the cache; mincore(2) checks
-that it did, and `cold` says why it was skipped when it did not. `load_s` runs from the
-engine's construction to ready and splits into `startup_s` (worker processes, imports,
-model construction), `weights_s` (reading and sharding the weights, from rank 0's
-progress reports) and `profile_s` (activation profile, KV allocation). The synthetic
+that it did, and `cold` says why it was skipped when it did not. The engine starts its
+ranks on warm workers (processes that have imported torch, as the daemon keeps them), so
+`load_s`, from the engine's construction to ready, is the load a daemon pays; it splits
+into `startup_s` (handing the ranks their work, model construction), `weights_s`
+(reading and sharding the weights) and `profile_s` (activation profile, KV allocation),
+as the engine's progress reports time its phases. The synthetic
 checkpoint is written once, in shards, into the mgpud cache directory and reused.
 """
 
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import dataclasses
 import json
 import mmap
 import os
@@ -32,6 +33,8 @@ import torch
 from common import benchmark
 from mgpud.engine import EngineConfig, ModelGroup
 from mgpud.engine.core.loader import checkpoint_files
+from mgpud.engine.core.warm import WarmPool
+from mgpud.engine.serving.pool import DevicePool
 from mgpud.engine.store.demo import cache_dir, demo_model_dir
 from safetensors.torch import save_file
 
@@ -170,27 +173,28 @@ def resident_fraction(files: list[Path]) -> float:
 # -- loading ----------------------------------------------------------------------------------
 
 def timed_load(model: Path, tp: int) -> dict[str, float]:
-    """Construct an engine and time its phases from its progress reports."""
-    seen: dict[str, tuple[float, LoadProgress]] = {}
+    """Construct an engine on warm workers and time it, and its phases from its progress."""
+    phases: dict[str, float] = {}
 
     def progress(p: LoadProgress) -> None:
-        if p.phase not in seen:
-            seen[p.phase] = (time.perf_counter(), dataclasses.replace(p))
+        phases.update(p.seconds)
 
     cfg = EngineConfig(model=str(model), tp=tp, max_model_len=256, kv_cache_memory=32 << 20,
                        max_num_batched_tokens=64, max_num_seqs=4,
                        threads_per_device=max(1, (os.cpu_count() or 1) // tp))
-    start = time.perf_counter()
-    engine = ModelGroup(cfg, progress=progress)
-    ready = time.perf_counter()
-    engine.shutdown()
-    # With an explicit KV budget the engine skips profiling: its weights end at "ready".
-    (first, p), (profile, _) = seen["load"], seen.get("profile", seen["ready"])
-    # Rank 0 reports weight progress every ~1% of the bytes, so its first report comes
-    # after a tensor or more were read: extrapolate the rest's rate to the whole.
-    weights = (profile - first) * p.bytes_total / max(1, p.bytes_total - p.bytes_done)
-    return {"load_s": ready - start, "startup_s": profile - weights - start, "weights_s": weights,
-            "profile_s": ready - profile}
+    workers = WarmPool(tp)
+    try:
+        while workers.counts()[0] < tp:
+            time.sleep(0.05)
+        start = time.perf_counter()
+        engine = ModelGroup(cfg, pool=DevicePool([f"cpu:{i}" for i in range(tp)], workers), progress=progress)
+        ready = time.perf_counter()
+        engine.shutdown()
+    finally:
+        workers.close()
+    # With an explicit KV budget the engine skips profiling.
+    return {"load_s": ready - start, "startup_s": phases["start"], "weights_s": phases["load"],
+            "profile_s": phases.get("profile", 0.0) + phases["kv"]}
 
 
 def measure(model: Path, tp: int, cold: bool) -> dict[str, Any]:

@@ -58,6 +58,8 @@ class ProgressView:
         return f"{self.label}: {what}"
 
     def _line(self, p: LoadProgress) -> str:
+        if p.phase == "ready" and p.seconds:
+            return f"{self.label}: ready in {sum(p.seconds.values()):.1f} s: {p.shares()}"
         text = f"{self.label}: {p.phase:<8}"
         if p.bytes_total:
             cells = bar([(p.bytes_done / p.bytes_total, "█" if unicode_ok(sys.stderr) else "#", "cyan")], width=24)

@@ -78,7 +78,10 @@ def fmt_balance(balance: float | None) -> str:
 
 
 def _kv_use(r: ReplicaFigures) -> str:
-    return "-" if r.kv_headroom is None else f"{100 * (1 - r.kv_headroom):.1f}%"
+    """The share of KV blocks in use, and of those ever touched (resident on a CPU device)."""
+    if r.kv_headroom is None:
+        return "-"
+    return f"{100 * (1 - r.kv_headroom):.1f}% ({100 * r.kv_blocks_touched / r.kv_blocks_total:.0f}% touched)"
 
 
 def _state_label(m: ModelRecord) -> str:

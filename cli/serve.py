@@ -26,6 +26,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False))
 @click.option("--shutdown-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Seconds running generations get to finish on SIGTERM.")
+@click.option("--warm-workers", type=click.IntRange(min=0), metavar="N",
+              help="Worker processes kept started (torch imported) for the next replica (default 2).")
 @click.option("--http", metavar="HOST:PORT|off",
               help="Where the OpenAI-compatible HTTP API listens (default 127.0.0.1:8000); off disables it.")
 @click.option("--api-key", envvar="MGPUD_API_KEY", show_envvar=True,
@@ -35,7 +37,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 @pass_settings
 def serve(settings: Settings, config: Path | None, state_dir: Path | None, devices: str | None,
           device_memory: int | None, log_level: str | None, shutdown_timeout: float | None,
-          http: str | None, api_key: str | None, model_roots: tuple[Path, ...]) -> None:
+          warm_workers: int | None, http: str | None, api_key: str | None, model_roots: tuple[Path, ...]) -> None:
     """Run the daemon in the foreground (what systemd runs) until SIGTERM or `mgpud shutdown`.
 
     Flags override the configuration file.
@@ -50,8 +52,8 @@ def serve(settings: Settings, config: Path | None, state_dir: Path | None, devic
 
     overrides = {"runtime_dir": settings.runtime_dir, "state_dir": state_dir, "devices": devices,
                  "device_memory": device_memory, "log_level": log_level and log_level.lower(),
-                 "shutdown_timeout": shutdown_timeout, "http": http, "api_key": api_key,
-                 "model_roots": [p.absolute() for p in model_roots] or None}
+                 "shutdown_timeout": shutdown_timeout, "warm_workers": warm_workers, "http": http,
+                 "api_key": api_key, "model_roots": [p.absolute() for p in model_roots] or None}
     try:
         daemon_config = load_config(config, overrides)
     except ConfigError as exc:

@@ -38,9 +38,16 @@ def format_status(s: dict[str, Any]) -> str:
         f"  state     {s['state_file']}",
         f"  config    {s['config_file'] or 'none (flags and defaults)'}",
         f"  devices   {devices['total']} {'/'.join(devices['kinds'])}, {devices['free']} free",
+        *_workers_line(s.get("warm_workers")),
         f"  models    {len(s['models']) or 'none'}",
     ]
     return "\n".join(lines + [_model_line(from_wire(ModelRecord, m)) for m in s["models"]])
+
+
+def _workers_line(pool: dict[str, int] | None) -> list[str]:
+    if not pool:  # an older daemon
+        return []
+    return [f"  workers   {pool['ready']} warm, {pool['starting']} starting (keeps {pool['target']})"]
 
 
 def _model_line(m: ModelRecord) -> str:

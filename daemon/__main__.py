@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device-memory", type=parse_size, help="bytes per CPU device, e.g. 4GiB")
     parser.add_argument("--log-level", choices=LOG_LEVELS)
     parser.add_argument("--shutdown-timeout", type=float, help="seconds running generations get on SIGTERM")
+    parser.add_argument("--warm-workers", type=int, help="worker processes kept started for the next replica")
     parser.add_argument("--http", help="HOST:PORT of the OpenAI-compatible HTTP API (default 127.0.0.1:8000), or off")
     parser.add_argument("--api-key", help="HTTP clients must send it as a Bearer token (or $MGPUD_API_KEY)")
     args = vars(parser.parse_args(argv))

@@ -62,3 +62,11 @@ def run_planner(model: str, devices: list[Device], tp: int, dp: int, limits: dic
 
     asked = {} if concurrency is None else {"concurrency": concurrency}
     return plan(model, device_set_of(devices), tp=tp, dp=dp, **limits, **asked)
+
+
+def warm_planner() -> None:
+    """Measure this host's CPU now (importing torch: seconds), so that the next plan on CPU
+    devices answers at once. Blocking: run it in a thread."""
+    from mgpud.engine.hosts.hardware import cpu_figures
+
+    cpu_figures()

@@ -51,8 +51,9 @@ async def version(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
 @handler
 async def status(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
     """status {} -> the daemon summary (version, protocol, pid, state, started_at, uptime_s,
-    generations_running), its paths, the HTTP API's URL (null when off), a device count
-    and one line per model (with its MoE expert_balance, null for a dense model)."""
+    generations_running), its paths, the HTTP API's URL (null when off), a device count,
+    the warm worker pool and one line per model (with its MoE expert_balance, null for a
+    dense model)."""
     return {
         **d.summary(),
         "runtime_dir": str(d.runtime_dir),
@@ -63,6 +64,7 @@ async def status(d: Daemon, req: Request, call: Call) -> dict[str, Any]:
         "http": d.http.url if d.http else None,
         "devices": {"total": len(d.models.inventory), "free": len(d.models.pool.free),
                     "kinds": sorted({dev.kind for dev in d.models.inventory})},
+        "warm_workers": d.models.workers(),
         "models": [{**{k: wire[k] for k in ("name", "state", "tp", "dp", "devices", "error", "progress", "weights",
                                             "kv_cache_dtype")},
                     "expert_balance": (wire["stats"] or {}).get("expert_balance")}

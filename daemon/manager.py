@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from mgpud.ipc.schema import ENGINE_LIMIT_KEYS, SAMPLING_KEYS
 from mgpud.records import LoadProgress, ModelRecord, to_wire
 
 from . import memory
-from .advisor import check_model, run_planner, usable_devices
+from .advisor import check_model, run_planner, usable_devices, warm_planner
 from .generation import HTTP_CLIENT, Call, Emit, collect, generation_error
 from .statefile import StateStore
 from .threads import call_soon, in_thread
@@ -82,12 +83,14 @@ class Model:
 class ModelManager:
     def __init__(self, inventory: list[Device], store: StateStore, publish: Emit,
                  engine_defaults: Callable[[], dict[str, Any]], readings: Callable[[], list[Device]],
-                 roots: Callable[[], list[Path]]) -> None:
+                 roots: Callable[[], list[Path]], warm_workers: int = 0) -> None:
+        from mgpud.engine.core.warm import WarmPool
         from mgpud.engine.serving.pool import DevicePool
 
         self.inventory = inventory
         self._readings = readings  # the devices as last read: what other processes hold on them
-        self.pool = DevicePool([d.id for d in inventory])
+        # Worker processes kept started (torch imported) for the replicas to come.
+        self.pool = DevicePool([d.id for d in inventory], WarmPool(warm_workers) if warm_workers else None)
         self.models: dict[str, Model] = {}
         self.accepting = True
         self._store = store
@@ -96,6 +99,14 @@ class ModelManager:
         self._roots = roots  # the model roots of the current config; none: any directory
         self._releaser = memory.Releaser()  # hands back what long prompts took
         self._generation_ids = itertools.count(1)
+        self._planner_warmed = False
+
+    def workers(self) -> dict[str, int]:
+        """The warm worker pool: ready (imported, waiting), starting, and its target size."""
+        if self.pool.workers is None:
+            return {"ready": 0, "starting": 0, "target": 0}
+        ready, starting = self.pool.workers.counts()
+        return {"ready": ready, "starting": starting, "target": self.pool.workers.size}
 
     # -- load / unload ------------------------------------------------------------------
 
@@ -158,7 +169,15 @@ class ModelManager:
             raise MgpudError(codes.SHUTTING_DOWN, f"{model.name} was unloaded while it loaded")
         model.group, model.state, model.loaded_at, model.persist = group, "ready", time.time(), True
         self._publish({"kind": "model_ready", "model": model.name, "tp": spec["tp"], "dp": spec["dp"]})
+        self._warm_planner()
         await self.save()
+
+    def _warm_planner(self) -> None:
+        """The daemon imports torch only for the planner's CPU figures, on its first use; once
+        a model is loaded (the dashboard's load and scale dialogs ask it next), in the background."""
+        if not self._planner_warmed and any(d.kind == "cpu" for d in self.inventory):
+            self._planner_warmed = True
+            threading.Thread(target=warm_planner, name="mgpud-planner-warm", daemon=True).start()
 
     async def unload(self, name: str, force: bool) -> dict[str, Any]:
         model = self.get(name)
@@ -335,6 +354,8 @@ class ModelManager:
             log.warning("shutdown: cancelling generations still running after %.0f s", timeout)
             self.cancel_all()
             await _all_idle(self.models.values(), 5.0)
+        if self.pool.workers is not None:
+            await in_thread(self.pool.workers.close, name="mgpud-stop")
         groups = [m.group for m in self.models.values() if m.group is not None]
         if not groups:
             return

@@ -86,7 +86,8 @@ class Daemon:
             return 2
         self.telemetry = Telemetry(inventory)
         self.models = ModelManager(inventory, self.store, self._on_model_event, lambda: self.config.engine,
-                                   lambda: self.telemetry.devices, lambda: self.config.model_roots)
+                                   lambda: self.telemetry.devices, lambda: self.config.model_roots,
+                                   self.config.warm_workers)
         self._stopped = asyncio.Event()
         try:
             await self._take_runtime_dir()

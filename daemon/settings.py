@@ -8,6 +8,7 @@ device_memory = "4GiB"              # per CPU virtual device
 log_level = "info"
 shutdown_timeout = 30               # seconds in-flight generations get on SIGTERM
 telemetry_interval = 0.5            # seconds between telemetry messages
+warm_workers = 2                    # worker processes kept started (torch imported) for the next replica
 http = "127.0.0.1:8000"             # the OpenAI-compatible HTTP API; "off" disables it
 api_key = "..."                     # HTTP clients must send it as a Bearer token; or $MGPUD_API_KEY
 model_roots = ["/srv/models"]       # loads only from these (and the demo and Hugging Face caches)
@@ -59,6 +60,7 @@ class DaemonConfig:
     http: tuple[str, int] | None = DEFAULT_HTTP  # (host, port) of the HTTP API; None: off
     api_key: str | None = None  # what HTTP clients must send as a Bearer token
     model_roots: list[Path] = field(default_factory=list)  # none: any directory may be loaded
+    warm_workers: int = 2  # processes kept imported and waiting: enough for a tp=2 or dp=2 start
     engine: dict[str, Any] = field(default_factory=dict)
     models: list[dict[str, Any]] = field(default_factory=list)
     # Where it came from, so that SIGHUP can read it again with the same flags on top.
@@ -149,6 +151,10 @@ def _convert(key: str, value: Any) -> Any:
         if str(value).lower() not in LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return str(value).lower()
+    if key == "warm_workers":
+        if isinstance(value, bool) or int(value) != value or int(value) < 0:
+            raise ValueError(f"must be a whole number >= 0, got {value!r}")
+        return int(value)
     return _positive(float(value))  # shutdown_timeout, telemetry_interval
 
 

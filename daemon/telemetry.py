@@ -44,7 +44,7 @@ def _device_row(device: Device, model: str | None, replica: ReplicaFigures | Non
     row = replace(device, model=model, replica=replica.index if replica else None, rank=rank)
     if device.memory_total is None or device.memory_used is None:
         return row
-    weights = kv = kv_used = activations = graphs = 0
+    weights = kv = kv_used = kv_touched = activations = graphs = 0
     if replica is not None and rank is not None and replica.weight_bytes_per_rank:
         weights = replica.weight_bytes_per_rank[rank]
         kv = replica.kv_bytes_per_rank or 0
@@ -52,6 +52,7 @@ def _device_row(device: Device, model: str | None, replica: ReplicaFigures | Non
         graphs = replica.graph_bytes_per_rank[rank]
         if replica.kv_blocks_total:
             kv_used = kv * replica.kv_blocks_used // replica.kv_blocks_total
+            kv_touched = kv * replica.kv_blocks_touched // replica.kv_blocks_total
     row.memory = memory_breakdown(device.memory_total, device.memory_used, weights, kv, kv_used, activations,
-                                  graphs)
+                                  kv_touched, graphs)
     return row

@@ -19,7 +19,9 @@ from mgpud.ipc import Client, DaemonUnavailable
 class DaemonProcess:
     """`with DaemonProcess() as d: d.client().call("status")`. The runtime directory is
     short (under /tmp) because a Unix socket path holds at most 107 bytes. The HTTP API
-    is off unless `http` gives an address ("127.0.0.1:0": a free port, see `http_url`)."""
+    is off unless `http` gives an address ("127.0.0.1:0": a free port, see `http_url`).
+    It keeps no warm workers unless `args` ask for them ("--warm-workers", "2"): most
+    daemons in tests never load a model, and each warm worker imports torch."""
 
     def __init__(self, *args: str, devices: str = "cpu:2", state_dir: Path | None = None,
                  env: dict[str, str] | None = None, http: str = "off") -> None:
@@ -28,7 +30,7 @@ class DaemonProcess:
         self.state_dir = state_dir or self.root / "state"
         self.log_path = self.root / "daemon.log"
         self.args = ["--runtime-dir", str(self.runtime_dir), "--state-dir", str(self.state_dir),
-                     "--devices", devices, "--log-level", "debug", "--http", http, *args]
+                     "--devices", devices, "--log-level", "debug", "--http", http, "--warm-workers", "0", *args]
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 

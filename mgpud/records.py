@@ -29,6 +29,9 @@ class RankFigures:
     waiting: int = 0  # sequences queued for admission
     kv_blocks_used: int = 0
     kv_blocks_total: int = 0
+    # blocks ever handed out: on a CPU device only these hold resident memory (the rest of
+    # the reservation is pages the OS has not given yet)
+    kv_blocks_touched: int = 0
     peak_running: int = 0  # the most sequences ever running at once
     # counters: prompts whose first blocks were looked up / found in the prefix cache
     prefix_cache_queries: int = 0
@@ -52,7 +55,8 @@ class RankFigures:
         return 1.0 - self.kv_blocks_used / self.kv_blocks_total if self.kv_blocks_total else None
 
 
-GAUGES = ("running", "waiting", "kv_blocks_used", "kv_blocks_total")  # a group's are its replicas' sum
+# A group's gauges are its replicas' sum.
+GAUGES = ("running", "waiting", "kv_blocks_used", "kv_blocks_total", "kv_blocks_touched")
 COUNTERS = tuple(f.name for f in dataclasses.fields(RankFigures)
                  if f.name not in GAUGES + ("peak_running", "expert_balance"))
 
@@ -106,14 +110,22 @@ class ModelFigures(RequestFigures, RankFigures):
 
 @dataclass
 class LoadProgress:
-    """How far a load or reshape is: bytes and tensors of the weights read, or a message."""
+    """How far a load or reshape is: bytes and tensors of the weights read, or a message;
+    and the seconds each phase of the replica's load took so far (their shares of it)."""
 
-    phase: str  # prepare, load, profile, ready
+    phase: str  # prepare, start (worker processes), load (weights), profile, kv, ready
     bytes_done: int = 0
     bytes_total: int = 0
     tensors_done: int = 0
     tensors_total: int = 0
     message: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)  # phase -> seconds, for the phases ended
+
+    def shares(self) -> str:
+        """ "start 0.4 s (20%) · load 0.3 s (15%) ..."; empty before a phase has ended."""
+        total = sum(self.seconds.values())
+        return " · ".join(f"{phase} {s:.1f} s ({100 * s / total:.0f}%)" for phase, s in self.seconds.items()
+                          ) if total else ""
 
 
 @dataclass
@@ -167,6 +179,7 @@ class MemorySplit:
     other: int  # beyond the engine's accounting: CUDA context, runtime, other processes
     free: int
     graphs: int = 0  # captured CUDA graphs: their memory pool and static inputs
+    kv_touched: int = 0  # of the reservation, blocks ever handed out (resident on a CPU device)
 
 
 @dataclass

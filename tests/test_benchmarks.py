@@ -139,6 +139,11 @@ def check_quantization(r: dict[str, Any]) -> None:
         assert positive(r[load]["perplexity_ratio"]) and positive(r[load]["decode_speedup"])
 
 
+def check_reshape(r: dict[str, Any]) -> None:
+    assert all(positive(r[k]) for k in ("daemon_start_s", "warm_pool_fill_s", "load_dp2_s", "scale_down_s",
+                                        "scale_up_s")), r
+
+
 CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
     "throughput": check_throughput, "scaling": check_scaling, "kernels": check_kernels,
     "control_latency": check_control_latency, "http_overhead": check_http_overhead,
@@ -147,6 +152,7 @@ CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
     "load_time": check_load_time, "serving": check_serving, "gpu_engine": check_gpu_engine,
     "moe_combine": check_moe_combine, "moe": check_moe,
     "quantization": check_quantization,
+    "reshape": check_reshape,
 }
 
 

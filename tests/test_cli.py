@@ -154,7 +154,7 @@ def test_status_devices_and_version(daemon: Daemon) -> None:
     data = json.loads(daemon.cli("gpus", "--json").stdout)
     assert [d["id"] for d in data["devices"]] == ["cpu:0", "cpu:1"]
     assert set(data["devices"][0]["memory"]) == {"weights", "kv_allocated", "kv_used", "activations", "other", "free",
-                                                   "graphs"}
+                                                   "graphs", "kv_touched"}
 
     version = json.loads(daemon.cli("--json", "version").stdout)
     assert version["cli"] == version["daemon"]["version"] == "0.1.0"

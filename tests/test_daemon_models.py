@@ -39,7 +39,8 @@ def reference(tiny_llama: Path) -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def daemon(tiny_llama: Path, reference: list[list[int]]) -> Iterator[DaemonProcess]:
-    with DaemonProcess() as d:
+    # On warm workers, as a daemon runs by default: its outputs are compared with the engine's.
+    with DaemonProcess("--warm-workers", "2") as d:
         with d.client(timeout=30) as c:
             c.call("load", model=str(tiny_llama), name="tiny", tp=2, **LIMITS)
         yield d

@@ -41,7 +41,7 @@ def device(index: int, model: str | None, replica: int | None, weights: int, kv:
            ) -> dict[str, Any]:
     used = weights + kv + 120 * MiB + 300 * MiB
     memory = MemorySplit(weights=weights, kv_allocated=kv, kv_used=kv_used, activations=120 * MiB,
-                         other=300 * MiB, free=4 * GiB - used)
+                         other=300 * MiB, free=4 * GiB - used, kv_touched=max(kv_used, kv // 2))
     return to_wire(Device(id=f"cpu:{index}", index=index, kind="cpu", name=f"CPU virtual device {index}",
                           memory_total=4 * GiB, memory_used=used, model=model, rank=0 if model else None,
                           replica=replica, memory=memory))
@@ -154,9 +154,9 @@ def bar(*cells: int) -> str:
 # Layout by width: 80 columns compact, 120 and 160 normal (a table inside its border is under 160), 200 wide.
 LAYOUTS = {80: 80, 120: 120, 160: 120, 200: 200}
 DEVICE_COLUMNS = {
-    80: ["DEVICE", "MEMORY", "KV USE/RES", "FREE", "UTIL", "TEMP", "HELD BY"],  # UTIL, TEMP kept; the bar has weights
-    120: ["DEVICE", "MEMORY", "WEIGHTS", "KV USE/RES", "ACT", "OTHER", "FREE", "UTIL", "TEMP", "HELD BY"],
-    200: ["DEVICE", "NAME", "MEMORY", "WEIGHTS", "KV USE/RES", "ACT", "OTHER", "FREE", "TOTAL", "UTIL", "TEMP",
+    80: ["DEVICE", "MEMORY", "KV USE/TCH/RES", "FREE", "UTIL", "TEMP", "HELD BY"],  # UTIL, TEMP kept; the bar has weights
+    120: ["DEVICE", "MEMORY", "WEIGHTS", "KV USE/TCH/RES", "ACT", "OTHER", "FREE", "UTIL", "TEMP", "HELD BY"],
+    200: ["DEVICE", "NAME", "MEMORY", "WEIGHTS", "KV USE/TCH/RES", "ACT", "OTHER", "FREE", "TOTAL", "UTIL", "TEMP",
           "POWER", "HELD BY"],
 }
 # cpu:0 holds 538M of weights, 1.4G of KV in use out of 2G, 120M activations, 300M other, of 4G.
@@ -166,13 +166,13 @@ BARS = {
     200: {"cpu:0": bar(5, 16, 6, 1, 2, 10), "cpu:1": bar(5, 1, 21, 1, 2, 10), "cpu:2": bar(0, 0, 0, 1, 2, 37)},
 }
 DEVICES = {
-    "cpu:0": {"DEVICE": "cpu:0", "NAME": "CPU virtual device 0", "WEIGHTS": "538M", "KV USE/RES": "1.4G/2.0G",
+    "cpu:0": {"DEVICE": "cpu:0", "NAME": "CPU virtual device 0", "WEIGHTS": "538M", "KV USE/TCH/RES": "1.4G/1.4G/2.0G",
               "ACT": "120M", "OTHER": "300M", "FREE": "1.1G", "TOTAL": "4.0G", "UTIL": "–", "TEMP": "–",
               "POWER": "–", "HELD BY": "smol r0 rank0"},
-    "cpu:1": {"DEVICE": "cpu:1", "NAME": "CPU virtual device 1", "WEIGHTS": "538M", "KV USE/RES": "200M/2.0G",
+    "cpu:1": {"DEVICE": "cpu:1", "NAME": "CPU virtual device 1", "WEIGHTS": "538M", "KV USE/TCH/RES": "200M/1.0G/2.0G",
               "ACT": "120M", "OTHER": "300M", "FREE": "1.1G", "TOTAL": "4.0G", "UTIL": "–", "TEMP": "–",
               "POWER": "–", "HELD BY": "smol r1 rank0"},
-    "cpu:2": {"DEVICE": "cpu:2", "NAME": "CPU virtual device 2", "WEIGHTS": "0B", "KV USE/RES": "0B/0B",
+    "cpu:2": {"DEVICE": "cpu:2", "NAME": "CPU virtual device 2", "WEIGHTS": "0B", "KV USE/TCH/RES": "0B/0B/0B",
               "ACT": "120M", "OTHER": "300M", "FREE": "3.6G", "TOTAL": "4.0G", "UTIL": "–", "TEMP": "–",
               "POWER": "–", "HELD BY": "tiny r0 rank0"},
 }

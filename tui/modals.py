@@ -215,6 +215,8 @@ class LoadModal(_Dialog):
             text += f" {p.tensors_done}/{p.tensors_total} tensors"
         if p.bytes_total:
             text += f", {render.size(p.bytes_done)}/{render.size(p.bytes_total)}"
+        if p.seconds:
+            text += f"\n{p.shares()}"
         self.progress(p.bytes_done / p.bytes_total if p.bytes_total else None, text)
 
 

@@ -113,7 +113,8 @@ def _held_by(d: Device) -> Text | str:
 def _kv(d: Device) -> str:
     if d.memory is None:
         return render.NONE
-    return f"{render.size(d.memory.kv_used)}/{render.size(d.memory.kv_allocated)}"
+    m = d.memory
+    return f"{render.size(m.kv_used)}/{render.size(m.kv_touched)}/{render.size(m.kv_allocated)}"
 
 
 def _memory(part: str) -> Callable[[Device, str], str]:
@@ -129,7 +130,7 @@ class DevicesTable(_Panel[Device]):
         ("NAME", (WIDE,), lambda d, mode: d.name),
         ("%bar", ALL, lambda d, mode: render.memory_bar(d.memory, BAR[mode])),
         ("WEIGHTS", (NORMAL, WIDE), _memory("weights")),
-        ("KV USE/RES", ALL, lambda d, mode: _kv(d)),
+        ("KV USE/TCH/RES", ALL, lambda d, mode: _kv(d)),
         ("ACT", (NORMAL, WIDE), _memory("activations")),
         ("OTHER", (NORMAL, WIDE), _memory("other")),
         ("FREE", ALL, _memory("free")),

@@ -28,6 +28,9 @@ class BlockManager:
         self.blocks = [Block() for _ in range(num_blocks)]
         self.free: dict[int, None] = dict.fromkeys(range(num_blocks))  # ordered: oldest first
         self.by_hash: dict[int, int] = {}
+        # Untouched blocks are handed out in id order before any freed one, so the highest id
+        # ever taken counts the blocks whose memory was ever written.
+        self.touched = 0
         self.prefix_queries = 0  # tokens looked up
         self.prefix_hits = 0  # tokens found
 
@@ -46,6 +49,7 @@ class BlockManager:
     def _take(self) -> int:
         bid = next(iter(self.free))
         del self.free[bid]
+        self.touched = max(self.touched, bid + 1)
         block = self.blocks[bid]
         if block.hash is not None and self.by_hash.get(block.hash) == bid:
             del self.by_hash[block.hash]

@@ -14,7 +14,6 @@ import os
 import pickle
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,6 +31,7 @@ from ..exceptions import EngineDead, EngineError, ModelLoadError
 from .outputs import RequestOutput, RequestState
 from .prepared import PreparedModel
 from .sampling import SamplingParams
+from .warm import WarmPool, start_worker
 from .worker import WorkerArgs
 
 ProgressFn = Callable[[LoadProgress], None]
@@ -61,13 +61,37 @@ class EngineInfo:
     graph_bytes_per_rank: list[int]
 
 
+class _Phases:
+    """Rank 0's progress passed on, with the seconds each phase took, timed as they change."""
+
+    def __init__(self, progress: ProgressFn | None):
+        self.progress = progress
+        self.seconds: dict[str, float] = {}
+        self.phase: str | None = None
+        self.since = time.monotonic()
+
+    def report(self, p: LoadProgress) -> None:
+        if p.phase != self.phase:
+            now = time.monotonic()
+            if self.phase is not None:
+                self.seconds[self.phase] = self.seconds.get(self.phase, 0.0) + now - self.since
+            self.phase, self.since = p.phase, now
+        if self.progress:
+            self.progress(dataclasses.replace(p, seconds=dict(self.seconds)))
+
+
 class LLMEngine:
     """One replica on `devices` (one rank each). Requests arrive prepared by the serving
     layer: token ids within the model's limits and checked sampling parameters."""
 
     def __init__(self, model: PreparedModel, config: EngineConfig, devices: list[str],
-                 progress: ProgressFn | None = None, on_failure: Callable[[str], None] | None = None):
+                 progress: ProgressFn | None = None, on_failure: Callable[[str], None] | None = None,
+                 workers: WarmPool | None = None, measured_peaks: list[int] | None = None):
+        """measured_peaks: each rank's activation peak, as a replica of the same shape
+        measured it (EngineInfo.peak_activation_bytes_per_rank), so that none is profiled."""
         self._on_failure = on_failure
+        self._workers = workers
+        self._measured_peaks = measured_peaks
         self.model = model
         self.config = config
         self.devices = devices
@@ -92,6 +116,9 @@ class LLMEngine:
         except BaseException:
             self._teardown()
             raise
+        finally:
+            if workers:
+                workers.refill()
         self._receiver = threading.Thread(target=self._receive_loop, name="mgpud-engine-rx", daemon=True)
         self._receiver.start()
         for proc in self._procs:
@@ -107,17 +134,16 @@ class LLMEngine:
         for rank, device in enumerate(self.devices):
             args = WorkerArgs(rank=rank, tp=tp, device=device, model_dir=str(self.model.dir),
                               model=self.model.config, max_model_len=self.model.max_model_len,
-                              dtype=dtype, quantization=quantization, threads=threads, config=c, run_dir=self._run_dir)
+                              dtype=dtype, quantization=quantization, threads=threads, config=c, run_dir=self._run_dir,
+                              measured_peak=self._measured_peaks[rank] if self._measured_peaks else None)
             args_file = Path(self._run_dir) / f"rank{rank}.args"
             args_file.write_bytes(pickle.dumps(args))
-            env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-            # A session of their own: a Ctrl-C meant for the owner must not kill the workers
-            # mid-step; the owner stops them, and they exit by themselves if it dies.
-            self._procs.append(subprocess.Popen(
-                [sys.executable, "-c", "import sys; from mgpud.engine.core.worker import main; main(sys.argv[1])",
-                 str(args_file)], env=env, start_new_session=True))
+            start = self._workers.start if self._workers else start_worker
+            self._procs.append(start(str(args_file)))
 
     def _wait_ready(self, progress: ProgressFn | None) -> EngineInfo:
+        phases = _Phases(progress)
+        phases.report(LoadProgress("start", message=f"starting {len(self._procs)} worker(s)"))
         ready: dict[int, dict] = {}
         while len(ready) < len(self._procs):
             if not self._inbox.poll(200):
@@ -127,14 +153,13 @@ class LLMEngine:
                                       "while loading; see its stderr")
                 continue
             kind, body = pickle.loads(self._inbox.recv())
-            if kind == "progress" and progress:
-                progress(body["progress"])
+            if kind == "progress":
+                phases.report(body["progress"])
             elif kind == "ready":
                 ready[body["rank"]] = body
             elif kind == "error":
                 raise ModelLoadError(f"rank {body['rank']}: {body['error']}")
-        if progress:
-            progress(LoadProgress("ready", message="ready"))
+        phases.report(LoadProgress("ready", message="ready"))
         ranks = [ready[r] for r in sorted(ready)]
         return EngineInfo(pids=[r["pid"] for r in ranks], dtype=ranks[0]["dtype"],
                           quantization=ranks[0]["quantization"], kv_cache_dtype=ranks[0]["kv_cache_dtype"],

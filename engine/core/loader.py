@@ -1,30 +1,42 @@
-"""Checkpoint loading: every rank reads only the slices it keeps.
+"""Checkpoint loading: every rank reads only the slices it keeps, straight into its
+parameters.
 
-Tensors are opened through `safe_open(...).get_slice`, so a rank touches only the rows
-or columns its layer asks for (the file is memory-mapped; untouched pages are never
-read). Progress is reported in checkpoint bytes and tensors walked.
+A safetensors file is an 8-byte header length, a JSON header and the raw tensors. Each
+tensor is handed to its parameter's `weight_loader(param, source, shard)` as a
+`CheckpointTensor`: `source[a:b]` / `source[:, a:b]` read those rows / columns into a new
+tensor, and `read_rows_into(dest, a, b)` reads rows a..b with one positional read into
+`dest`'s own memory when dtypes match (no page faults through a mapping, no second copy).
+Progress is reported in checkpoint bytes and tensors walked.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-
-from safetensors import safe_open
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from mgpud.records import LoadProgress
 
 from ..exceptions import ModelLoadError
 from ..jsonfile import damaged, read_json
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
 # Buffers some checkpoints carry that we compute ourselves; fp8 checkpoints' static
 # activation scales, unused where activations stay in the model dtype.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq", ".input_scale")
-_DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I8": 1, "U8": 1,
-                "F8_E4M3": 1, "F8_E5M2": 1, "BOOL": 1}
+# safetensors dtype -> torch's name for it (torch itself is imported by the ranks only: the
+# daemon checks checkpoints without it)
+_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64",
+           "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "F8_E4M3": "float8_e4m3fn",
+           "F8_E5M2": "float8_e5m2", "BOOL": "bool"}
+_MAX_READ = 1 << 30  # bytes per read call: Linux moves at most ~2 GiB per call
+_COLUMN_CHUNK = 64 << 20  # bytes of whole rows read at a time to cut columns out of
 
 
 def checkpoint_files(model_dir: Path) -> list[Path]:
@@ -48,10 +60,8 @@ def checkpoint_files(model_dir: Path) -> list[Path]:
 
 
 def _tensor_bytes(header: dict) -> int:
-    count = 1
-    for n in header["shape"]:
-        count *= n
-    return count * _DTYPE_BYTES.get(header["dtype"], 2)
+    begin, end = header["data_offsets"]
+    return int(end) - int(begin)
 
 
 def check_checkpoint(model_dir: Path) -> list[Path]:
@@ -63,8 +73,8 @@ def check_checkpoint(model_dir: Path) -> list[Path]:
     return files
 
 
-def _headers(file: Path) -> dict[str, dict]:
-    """A safetensors file's tensors: an 8-byte header length, a JSON header, the data."""
+def _headers(file: Path) -> tuple[dict[str, dict], int]:
+    """A safetensors file's tensors, and where their data starts in the file."""
     size = file.stat().st_size
     with file.open("rb") as fh:
         length = int.from_bytes(fh.read(8), "little")
@@ -78,7 +88,83 @@ def _headers(file: Path) -> dict[str, dict]:
             raise damaged(file, f"its header is not a safetensors header: {exc}") from None
     if size < 8 + length + end:
         raise damaged(file, f"it holds {size} bytes, its header describes {8 + length + end}")
-    return meta
+    return meta, 8 + length
+
+
+class CheckpointTensor:
+    """One tensor of an open checkpoint file, read on demand (see the module's doc)."""
+
+    def __init__(self, fd: int, file: Path, name: str, header: dict, data_start: int):
+        import torch
+
+        if header["dtype"] not in _DTYPES:
+            raise damaged(file, f"tensor {name} has dtype {header['dtype']}, which mgpud cannot read")
+        self.name = name
+        self.dtype: torch.dtype = getattr(torch, _DTYPES[header["dtype"]])
+        self.shape = tuple(int(n) for n in header["shape"])
+        begin, end = (int(n) for n in header["data_offsets"])
+        self._fd = fd
+        self._file = file
+        self._offset = data_start + begin
+        self._row_bytes = (end - begin) // self.shape[0] if self.shape and self.shape[0] else end - begin
+
+    def get_shape(self) -> list[int]:  # as a safetensors slice says it
+        return list(self.shape)
+
+    def __getitem__(self, key: Any) -> torch.Tensor:
+        """Rows are read, not mapped: only the first dimension's range leaves the file; any
+        further index applies to those rows, read in chunks when it cuts columns."""
+        import torch
+
+        key = key if isinstance(key, tuple) else (key,)
+        if not self.shape:
+            return self.rows(0, 1)[key]
+        first, rest = key[0], key[1:]
+        if first is Ellipsis:
+            first, rest = slice(None), key
+        if isinstance(first, int):
+            row = first + self.shape[0] if first < 0 else first
+            return self.rows(row, row + 1)[(0, *rest)]
+        start, stop, step = first.indices(self.shape[0])
+        stop = max(start, stop)
+        if not rest:
+            return self.rows(start, stop)[::step]
+        per = max(1, _COLUMN_CHUNK // max(1, self._row_bytes))
+        parts = [self.rows(r, min(stop, r + per))[(slice(None, None, step), *rest)] for r in range(start, stop, per)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def rows(self, start: int, end: int) -> torch.Tensor:
+        """Rows start..end as a new tensor of the checkpoint's dtype."""
+        import torch
+
+        out = torch.empty((end - start, *self.shape[1:]), dtype=self.dtype)
+        self._read(out, start)
+        return out if self.shape else out.reshape(())
+
+    def read_rows_into(self, dest: torch.Tensor, start: int, end: int) -> None:
+        """dest <- rows start..end: read straight into dest's memory when it is a
+        contiguous CPU tensor of the checkpoint's dtype, else read and converted."""
+        if dest.numel() * self.dtype.itemsize != (end - start) * self._row_bytes:
+            raise ValueError(f"{self.name}: rows {start}..{end} do not fill a tensor of shape {tuple(dest.shape)}")
+        if dest.device.type == "cpu" and dest.dtype == self.dtype and dest.is_contiguous():
+            self._read(dest, start)
+        else:
+            dest.copy_(self.rows(start, end).view(dest.shape))
+
+    def _read(self, dest: torch.Tensor, start: int) -> None:
+        """Fill the contiguous CPU tensor dest from row `start` on, with positional reads."""
+        import torch
+
+        if dest.numel() == 0:
+            return
+        view = memoryview(dest.reshape(-1).view(torch.uint8).numpy())
+        offset = self._offset + start * self._row_bytes
+        done = 0
+        while done < len(view):
+            n = os.preadv(self._fd, [view[done:done + _MAX_READ]], offset + done)
+            if n == 0:
+                raise damaged(self._file, f"it ends inside tensor {self.name}")
+            done += n
 
 
 _EXPERT = re.compile(r"\.experts\.(\d+)\.")
@@ -104,18 +190,20 @@ def load_weights(model: nn.Module, model_dir: Path,
                  progress: Callable[[LoadProgress], None] | None = None) -> None:
     files = checkpoint_files(model_dir)
     headers = {f: _headers(f) for f in files}
-    total_bytes = sum(_tensor_bytes(h) for hs in headers.values() for h in hs.values())
-    total_tensors = sum(len(hs) for hs in headers.values())
+    total_bytes = sum(_tensor_bytes(h) for hs, _ in headers.values() for h in hs.values())
+    total_tensors = sum(len(hs) for hs, _ in headers.values())
     params = dict(model.named_parameters())
     loaded: set[str] = set()
     done = LoadProgress("load", 0, total_bytes, 0, total_tensors)
     for file in files:
-        with safe_open(str(file), framework="pt") as f:
-            for name, header in headers[file].items():
+        meta, data_start = headers[file]
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            for name, header in meta.items():
                 target, shard = _target(name, model)
                 param = params.get(target)
                 if param is not None:
-                    param.weight_loader(param, f.get_slice(name), shard)
+                    param.weight_loader(param, CheckpointTensor(fd, file, name, header, data_start), shard)
                     loaded.add(target)
                 # A tied checkpoint may still store lm_head.weight: the embedding we hold.
                 elif not name.endswith(_IGNORED_SUFFIXES) and name != "lm_head.weight":
@@ -125,8 +213,9 @@ def load_weights(model: nn.Module, model_dir: Path,
                 done.tensors_done += 1
                 if progress:
                     progress(done)
+        finally:
+            os.close(fd)
     missing = sorted(n for n in set(params) - loaded if not getattr(params[n], "from_weight", False))
     if missing:
         raise ModelLoadError(f"{model_dir}: checkpoint lacks {len(missing)} tensor(s), e.g. "
                              f"{', '.join(missing[:3])}")
-

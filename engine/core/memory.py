@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 from collections.abc import Iterator
@@ -38,6 +39,21 @@ def peak_rss() -> Iterator[list[int]]:
         stop.set()
         thread.join()
         result[0] = max(result[0], rss() - start)
+
+
+def zeroed(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zero tensor. On a CPU device its memory is an anonymous mapping: the OS hands out
+    zero pages on first touch, so a KV cache costs resident memory only as blocks fill, and
+    allocating it costs nothing (an eager fill of gigabytes took seconds per worker). A GPU
+    clears memory at hundreds of GB/s, so there a plain fill stays."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    count = 1
+    for n in shape:
+        count *= n
+    # The tensor keeps the mapping alive: torch.frombuffer holds a reference to it.
+    pages = mmap.mmap(-1, max(1, count * dtype.itemsize))
+    return torch.frombuffer(pages, dtype=dtype, count=count).view(shape)
 
 
 def kv_budget(device: torch.device, capacity: int | None, utilization: float,

@@ -18,11 +18,12 @@ from .layers.attention import AttentionMetadata, KVCache
 from .layers.moe import SparseMoE, balance
 from .layers.quant import FP8, linear_method
 from .loader import load_weights
-from .memory import peak_rss
+from .memory import peak_rss, zeroed
 from .models import model_class
 from .parallel import TPGroup
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CPU_PROFILE_TOKENS = 128  # tokens of the batch a CPU device's profile runs
 
 
 class ModelRunner:
@@ -67,6 +68,19 @@ class ModelRunner:
     def profile(self, num_tokens: int, max_num_seqs: int) -> int:
         """Peak activation bytes of a prefill step of `num_tokens` tokens (measured)."""
         lengths = self._profile_lengths(num_tokens, max_num_seqs)
+        scale = 1.0
+        if self.device.type == "cpu":
+            # A full-size forward takes seconds on a CPU. Activations grow with the batch, so
+            # whole sequences of ~CPU_PROFILE_TOKENS run and their peak is scaled up: exact for
+            # what grows with the tokens, an over-estimate for each sequence's own attention.
+            keep = -(-CPU_PROFILE_TOKENS // lengths[0])
+            if keep < len(lengths):
+                scale = sum(lengths) / sum(lengths[:keep])
+                lengths = lengths[:keep]
+        return int(self._peak(lengths) * scale)
+
+    def _peak(self, lengths: list[int]) -> int:
+        num_tokens = sum(lengths)
         spans, start = [], 0
         for n in lengths:
             spans.append((start, start + n, n))
@@ -125,7 +139,7 @@ class ModelRunner:
         heads = self.cfg.num_kv_heads // self.group.size
         shape = (self.cfg.num_layers, 2, num_blocks, self.block_size, heads, self.cfg.head_dim)
         # Zeroed, not empty: masked-out slots must never hold NaN bit patterns.
-        self.kv = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
+        self.kv = zeroed(shape, self.kv_dtype, self.device)
         self.caches = [(layer[0], layer[1]) for layer in self.kv]
 
     def capture_graphs(self, max_num_seqs: int) -> int:

@@ -125,7 +125,7 @@ class Rank0Loop:
         used, total = blocks.usage()
         routed, balanced = self.runner.expert_load()
         return RankFigures(running=len(self.scheduler.running), waiting=len(self.scheduler.waiting),
-                           kv_blocks_used=used, kv_blocks_total=total,
+                           kv_blocks_used=used, kv_blocks_total=total, kv_blocks_touched=blocks.touched,
                            prefix_cache_queries=blocks.prefix_queries, prefix_cache_hits=blocks.prefix_hits,
                            preemptions=self.scheduler.num_preemptions, prompt_tokens_total=self.prompt_tokens,
                            generation_tokens_total=self.generated_tokens, steps_total=self.steps,

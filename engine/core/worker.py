@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import sys
 import threading
 import time
 import traceback
@@ -41,18 +42,24 @@ class WorkerArgs:
     threads: int
     config: EngineConfig  # the replica's limits: block size, batch sizes, memory budget
     run_dir: str  # private to this replica: sockets and the rendezvous file
+    # this rank's activation peak as a replica of the same shape measured it: no profile to run
+    measured_peak: int | None = None
 
     def endpoint(self, name: str) -> str:
         return f"ipc://{self.run_dir}/{name}.sock"
 
 
-def _die_with_owner(owner_pid: int, run_dir: str) -> None:
+_run_dir: str | None = None  # this rank's replica directory, once it has one
+
+
+def _die_with_owner(owner_pid: int) -> None:
     # PR_SET_PDEATHSIG follows the spawning *thread*, not the process; polling the parent
     # pid is what reliably notices the owner's death, kill -9 included. The owner can no
     # longer clean up its replica directory, so the first rank to notice does.
     while os.getppid() == owner_pid:
         time.sleep(0.2)
-    shutil.rmtree(run_dir, ignore_errors=True)
+    if _run_dir is not None:
+        shutil.rmtree(_run_dir, ignore_errors=True)
     os._exit(1)
 
 
@@ -82,18 +89,20 @@ class Worker:
         if a.tp > 1:
             self._init_distributed()
         progress = self._progress if a.rank == 0 else None
+        if progress:
+            self.send("progress", progress=LoadProgress("load", message="reading weights"))
         self.runner = ModelRunner(a.model, Path(a.model_dir), self.group, self.device, a.dtype,
                                   a.max_model_len, a.config.block_size, progress,
                                   a.config.enable_expert_parallel, a.quantization, a.config.kv_cache_dtype)
         graphs = self.device.type == "cuda" and not a.config.enforce_eager
-        peak = graph_reserve = 0  # an explicit KV budget needs no measurement (and saves a full-size forward)
+        peak = graph_reserve = 0  # an explicit KV budget needs no measurement (and saves a forward)
         if a.config.kv_cache_memory is None:
-            if a.rank == 0:
-                self.send("progress", progress=LoadProgress("profile", message="measuring activation memory"))
-            peak = self.runner.profile(a.config.max_num_batched_tokens, a.config.max_num_seqs)
+            peak = a.measured_peak if a.measured_peak is not None else self._profile()
             if graphs:
                 graph_reserve = self.runner.profile_graphs(a.config.max_num_seqs)
         num_blocks = self._agree_on_blocks(peak + graph_reserve)
+        if a.rank == 0:
+            self.send("progress", progress=LoadProgress("kv", message=f"allocating {num_blocks} KV blocks"))
         self.runner.allocate_kv(num_blocks)
         graph_bytes = 0
         if graphs:
@@ -101,9 +110,15 @@ class Worker:
                 self.send("progress", progress=LoadProgress("profile", message="capturing CUDA graphs"))
             graph_bytes = self.runner.capture_graphs(a.config.max_num_seqs)
         self.send("ready", rank=a.rank, pid=os.getpid(), dtype=a.dtype, quantization=a.quantization,
-                  kv_cache_dtype=str(self.runner.kv_dtype).removeprefix("torch."), weight_bytes=self.runner.weight_bytes,
+                  kv_cache_dtype=str(self.runner.kv_dtype).removeprefix("torch."),
+                  weight_bytes=self.runner.weight_bytes,
                   peak_activation_bytes=peak, graph_bytes=graph_bytes, num_blocks=num_blocks,
                   kv_bytes=num_blocks * self.runner.kv_block_bytes)
+
+    def _profile(self) -> int:
+        if self.args.rank == 0:
+            self.send("progress", progress=LoadProgress("profile", message="measuring activation memory"))
+        return self.runner.profile(self.args.config.max_num_batched_tokens, self.args.config.max_num_seqs)
 
     def _progress(self, p) -> None:
         # One message per tensor would flood the owner: report every ~1% of the bytes.
@@ -136,12 +151,16 @@ class Worker:
         c = a.config
         budget = c.kv_cache_memory if c.kv_cache_memory is not None else kv_budget(
             self.device, c.device_memory, c.memory_utilization, reserved, a.tp)
+        need = -(-a.max_model_len // c.block_size)
+        fit = max(0, budget) // self.runner.kv_block_bytes
+        if c.kv_cache_memory is None and self.device.type == "cpu":
+            # A CPU device's memory is the host's: reserve what the batch limits can fill, no more.
+            fit = min(fit, c.max_num_seqs * need)
         # On the rank's device: NCCL reduces CUDA tensors only.
-        blocks = torch.tensor([max(0, budget) // self.runner.kv_block_bytes], dtype=torch.int64, device=self.device)
+        blocks = torch.tensor([fit], dtype=torch.int64, device=self.device)
         if a.tp > 1:
             dist.all_reduce(blocks, op=dist.ReduceOp.MIN)
         num_blocks = int(blocks)
-        need = -(-a.max_model_len // c.block_size)
         if num_blocks < need:
             missing = (need - num_blocks) * self.runner.kv_block_bytes
             raise ModelLoadError(
@@ -171,8 +190,32 @@ class Worker:
 
 
 def main(args_file: str) -> None:
+    threading.Thread(target=_die_with_owner, args=(os.getppid(),), daemon=True).start()
+    _run(args_file)
+
+
+def warm_main() -> None:
+    """A pooled worker (engine/core/warm.py): import what a rank needs, say "warm" on
+    stdout, then run the rank whose arguments' path arrives on stdin (none: exit)."""
+    threading.Thread(target=_die_with_owner, args=(os.getppid(),), daemon=True).start()
+    import torch  # noqa: F401 - the import is the point
+
+    from . import model_runner, rank0  # noqa: F401
+    os.write(1, b"warm\n")
+    os.dup2(2, 1)  # nobody reads the pipe from here on: anything printed goes to the log
+    args_file = sys.stdin.readline().strip()
+    if not args_file:
+        os._exit(0)
+    _run(args_file)
+
+
+def _run(args_file: str) -> None:
+    global _run_dir
     args: WorkerArgs = pickle.loads(Path(args_file).read_bytes())
-    threading.Thread(target=_die_with_owner, args=(os.getppid(), args.run_dir), daemon=True).start()
+    _run_dir = args.run_dir
+    # Before torch is imported, for a worker started cold; a warm one adopts it through
+    # torch.set_num_threads.
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     worker = Worker(args)
     try:
         worker.start()
@@ -187,4 +230,3 @@ def main(args_file: str) -> None:
     # this, an error sent before the connection is up dies with the process.
     worker.zmq.destroy(linger=2000)
     os._exit(code)
-

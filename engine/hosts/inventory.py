@@ -28,7 +28,7 @@ class DeviceSpecError(EngineError, ValueError):
 
 
 def memory_breakdown(capacity: int, used: int, weights: int, kv_allocated: int, kv_used: int,
-                     activations: int, graphs: int = 0) -> MemorySplit:
+                     activations: int, kv_touched: int = 0, graphs: int = 0) -> MemorySplit:
     """Split one device's memory (all arguments in bytes) for display.
 
     `used` is what the device reports: NVML's used memory for a GPU, the workers' RSS for a
@@ -38,7 +38,8 @@ def memory_breakdown(capacity: int, used: int, weights: int, kv_allocated: int, 
     engine = weights + kv_allocated + activations + graphs
     return MemorySplit(weights=weights, kv_allocated=kv_allocated,
                        kv_used=min(kv_used, kv_allocated), activations=activations,
-                       other=max(0, used - engine), free=max(0, capacity - max(used, engine)), graphs=graphs)
+                       other=max(0, used - engine), free=max(0, capacity - max(used, engine)),
+                       kv_touched=min(kv_touched, kv_allocated), graphs=graphs)
 
 
 def discover(spec: str | None = None, device_memory: int | None = None) -> list[Device]:

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -84,10 +85,9 @@ class ModelGroup:
         self._next_index = itertools.count()
         # Counters of engines that are gone (retired or restarted), so totals never go back.
         self._past: dict[str, float] = dict.fromkeys(COUNTERS, 0)
+        self._peaks: dict[tuple[int, str], list[int]] = {}  # (tp, device kind) -> each rank's activation peak
         try:
-            for i in range(dp):
-                wanted = devices[i * config.tp:(i + 1) * config.tp] if devices else None
-                self._start_replica(config.tp, wanted, progress)
+            self._start_replicas(dp, devices, progress)
         except BaseException:
             self.shutdown()
             raise
@@ -107,26 +107,53 @@ class ModelGroup:
         if self._on_event:
             self._on_event({"kind": kind, "model": self.name, "time": time.time(), **fields})
 
+    def _start_replicas(self, dp: int, devices: list[str] | None, progress: ProgressFn | None) -> None:
+        """dp replicas loading side by side (a load mostly waits on its workers); the first
+        one's progress is the group's. Raises the first failure once all have ended."""
+        tp = self.config.tp
+        reps = [self._reserve(tp, devices[i * tp:(i + 1) * tp] if devices else None) for i in range(dp)]
+        with ThreadPoolExecutor(max_workers=dp, thread_name_prefix="mgpud-replica-start") as starts:
+            loads = [starts.submit(self._load, rep, progress if i == 0 else None) for i, rep in enumerate(reps)]
+        for load in loads:
+            load.result()
+
     def _start_replica(self, tp: int, wanted: list[str] | None = None,
                        progress: ProgressFn | None = None) -> Replica:
+        rep = self._reserve(tp, wanted)
+        self._load(rep, progress)
+        return rep
+
+    def _reserve(self, tp: int, wanted: list[str] | None) -> Replica:
+        """A replica on its devices (taken from the pool), not started yet."""
         devices = self.pool.take(tp, wanted)
         rep = Replica(next(self._next_index), devices, tp)
         with self._lock:
             self.replicas.append(rep)
         self._event("replica_starting", replica=rep.index, devices=devices, tp=tp)
+        return rep
+
+    def _load(self, rep: Replica, progress: ProgressFn | None) -> None:
         try:
             rep.engine = self._engine(rep, progress)
         except BaseException:
             with self._lock:
                 self.replicas.remove(rep)
-            self.pool.give(devices)
+            self.pool.give(rep.devices)
             raise
         self._mark_ready(rep)
-        return rep
 
     def _engine(self, rep: Replica, progress: ProgressFn | None = None) -> LLMEngine:
-        return LLMEngine(self.model, dataclasses.replace(self.config, tp=rep.tp), rep.devices, progress,
-                         on_failure=partial(self._mark_failed, rep))
+        # A replica of a shape already loaded takes its activation peaks: the same forward on
+        # the same kind of device measures the same, and the profile is most of a load's time.
+        shape = (rep.tp, rep.devices[0].split(":")[0])
+        with self._lock:
+            peaks = self._peaks.get(shape)
+        engine = LLMEngine(self.model, dataclasses.replace(self.config, tp=rep.tp), rep.devices, progress,
+                           on_failure=partial(self._mark_failed, rep), workers=self.pool.workers,
+                           measured_peaks=peaks)
+        with self._lock:
+            self._peaks.setdefault(shape, engine.info.peak_activation_bytes_per_rank)
+        return engine
 
     def _mark_ready(self, rep: Replica) -> None:
         with self._lock:

@@ -1,15 +1,18 @@
-"""The devices of one host, handed out to replicas: a replica owns its devices alone."""
+"""The devices of one host, handed out to replicas: a replica owns its devices alone; and
+the host's warm worker processes, for the replicas' ranks to start on."""
 
 from __future__ import annotations
 
 import threading
 
+from ..core.warm import WarmPool
 from ..exceptions import ModelLoadError
 
 
 class DevicePool:
-    def __init__(self, devices: list[str]):
+    def __init__(self, devices: list[str], workers: WarmPool | None = None):
         self.devices = list(devices)
+        self.workers = workers
         self._free = list(devices)
         self._lock = threading.Lock()
 

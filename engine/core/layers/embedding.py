@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..parallel import TPGroup
+from .linear import copy_rows
 
 
 def padded_vocab(vocab_size: int, tp: int) -> int:
@@ -22,13 +23,13 @@ class VocabParallelEmbedding(nn.Module):
         self.vocab_size = vocab_size
         self.per_rank = padded_vocab(vocab_size, group.size) // group.size
         self.start = group.rank * self.per_rank
-        self.weight = nn.Parameter(torch.zeros(self.per_rank, hidden, dtype=dtype), requires_grad=False)
+        self.weight = nn.Parameter(torch.empty(self.per_rank, hidden, dtype=dtype), requires_grad=False)
         self.weight.weight_loader = self._load
 
     def _load(self, param: nn.Parameter, source: Any, shard: int) -> None:
-        end = min(self.start + self.per_rank, self.vocab_size)
-        if end > self.start:
-            param.data[:end - self.start].copy_(source[self.start:end])
+        end = max(self.start, min(self.start + self.per_rank, self.vocab_size))
+        copy_rows(param.data[:end - self.start], source, self.start, end)
+        param.data[end - self.start:].zero_()  # padding rows past the vocabulary
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.group.size == 1:

@@ -1,8 +1,9 @@
 """Tensor-parallel linear layers.
 
 Each parameter carries a `weight_loader(param, source, shard)` that reads exactly this
-rank's part of a checkpoint tensor through a safetensors slice, so no rank ever
-materialises rows or columns it does not keep. How the weight is kept and multiplied
+rank's part of a checkpoint tensor (`source`: a loader.CheckpointTensor, indexed like a
+tensor), so no rank ever materialises rows or columns it does not keep; unquantized row
+ranges are read straight into the parameter. How the weight is kept and multiplied
 (model dtype, int8, fp8) is the layer's `method` (quant.py).
 """
 
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..parallel import TPGroup, split_range
-from .quant import LinearMethod, Unquantized, parameter
+from .quant import LinearMethod, Unquantized, copy_rows, parameter
 
 _AMAX_ROWS = 256  # rows read at a time when a row-parallel layer needs whole-row maxima
 
@@ -50,10 +51,9 @@ class ColumnParallelLinear(nn.Module):
         start, end = split_range(self.parts[shard], self.group.rank, self.group.size)
         offset = sum(self.local_parts[:shard])
         if param is self.weight:
-            block = source[start:end]  # whole rows: their maxima are at hand
-            self.method.store(self, offset, block, lambda: block.float().abs().amax(dim=1))
+            self.method.store_rows(self, offset, source, start, end)
         elif param is self.bias:
-            param.data[offset:offset + end - start].copy_(source[start:end])
+            copy_rows(param.data[offset:offset + end - start], source, start, end)
         else:  # a quantized checkpoint's weight_scale
             scale = source[...] if _per_tensor(source) else source[start:end]
             self.method.store_scale(self, offset, end - start, scale)
@@ -110,4 +110,4 @@ def _row_amax(source: Any) -> torch.Tensor:
 
 
 def load_replicated(param: nn.Parameter, source: Any, shard: int) -> None:
-    param.data.copy_(source[:])
+    copy_rows(param.data, source, 0, param.shape[0])

@@ -16,7 +16,7 @@ class RMSNorm(nn.Module):
     def __init__(self, hidden: int, eps: float, dtype: torch.dtype):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(hidden, dtype=dtype), requires_grad=False)
+        self.weight = nn.Parameter(torch.empty(hidden, dtype=dtype), requires_grad=False)
         self.weight.weight_loader = load_replicated
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None

@@ -38,8 +38,21 @@ def parameter(shape: tuple[int, ...], dtype: torch.dtype, loader: Any, from_weig
     return p
 
 
+def copy_rows(dest: torch.Tensor, source: Any, start: int, end: int) -> None:
+    """dest <- rows start..end of source: a checkpoint tensor reads them into dest's own
+    memory; a plain tensor (a loader that transformed its source) is sliced and copied."""
+    if hasattr(source, "read_rows_into"):
+        source.read_rows_into(dest, start, end)
+    else:
+        dest.copy_(source[start:end])
+
+
 class Unquantized:
     """The checkpoint's weight in the model dtype."""
+
+    def store_rows(self, layer: nn.Module, offset: int, source: Any, start: int, end: int) -> None:
+        """Checkpoint rows start..end into weight rows from `offset`, read straight into place."""
+        copy_rows(layer.weight.data[offset:offset + end - start], source, start, end)
 
     def create(self, layer: nn.Module, rows: int, cols: int, dtype: torch.dtype, loader: Any) -> None:
         layer.weight = parameter((rows, cols), dtype, loader)
@@ -61,6 +74,10 @@ class _PerChannel:
         layer.weight = parameter((rows, cols), self.storage, loader)
         scale_dtype = self.scale_dtype(layer.weight.device, dtype)
         layer.weight_scale = parameter((rows,), scale_dtype, loader, from_weight=True)
+
+    def store_rows(self, layer: nn.Module, offset: int, source: Any, start: int, end: int) -> None:
+        block = source[start:end]  # whole rows: their maxima are at hand
+        self.store(layer, offset, block, lambda: block.float().abs().amax(dim=1))
 
     def store(self, layer: nn.Module, offset: int, block: torch.Tensor, amax: RowAmax) -> None:
         # Rounded to the stored dtype first, so that the rows are quantized by the scale kept.
