@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 from mgpud.engine.core import kernels
-from mgpud.engine.core.kernels import cpu_attention, reference
+from mgpud.engine.core.kernels import cbuild, cpu_attention, reference
 from mgpud.engine.hosts.cpu_features import cpu_flags
 
-if not {"avx2", "fma"} <= cpu_flags() or cpu_attention._compiler() is None:
+if not {"avx2", "fma"} <= cpu_flags() or cbuild.compiler() is None:
     pytest.skip("the kernel needs AVX2, FMA and a C compiler", allow_module_level=True)
 
 BLOCK = 16

@@ -66,9 +66,10 @@ def test_int8_load_holds_8bit_linear_layers_alike_at_tp1_and_tp2(unquantized: Mo
         logprobs, tokens = _prompt_logprobs(one, prompt), _greedy(one, prompt, 12)
     with ModelGroup(EngineConfig(model=str(tiny_llama), tp=2, quantization="int8", **CHUNKED)) as two:
         assert _greedy(two, prompt, 12) == tokens
-    # Each linear weight now takes one byte, plus a bf16 scale per output row.
+    # Each linear weight now takes one byte, plus a scale per output row in its matmul's dtype.
     full = unquantized.stats().replicas[0].weight_bytes_per_rank[0]
-    assert weights == full - 3 * param_groups(cfg).linear + 2 * _rows(cfg)
+    scale = Int8().scale_dtype(torch.device("cpu"), torch.float32).itemsize
+    assert weights == full - 3 * param_groups(cfg).linear + scale * _rows(cfg)
     ratio = _perplexity(logprobs) / _perplexity(_prompt_logprobs(unquantized, prompt))
     assert 1 / PPL_LIMIT["int8"] < ratio < PPL_LIMIT["int8"]
 
@@ -189,7 +190,8 @@ def test_planner_counts_8bit_weights_and_names_the_flags_that_fit() -> None:
 
 def _layer(method: object, weight: torch.Tensor) -> torch.nn.Module:
     layer = torch.nn.Module()
-    method.create(layer, *weight.shape, weight.dtype, None)
+    with weight.device:  # as the model runner builds layers: on their device
+        method.create(layer, *weight.shape, weight.dtype, None)
     method.store(layer, 0, weight, lambda: weight.float().abs().amax(dim=1))
     return layer
 

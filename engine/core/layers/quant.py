@@ -7,8 +7,8 @@ holds a full-precision copy of more than the slice it is reading. Scales are com
 over a whole checkpoint row (`amax`), so every TP degree quantizes alike.
 
 Weight-only quantization: activations stay in the model dtype between layers and the
-8-bit weights are widened inside the matmul (int8 on CPUs multiplies bf16 activations, as
-torch's int8 kernel asks), which keeps outputs close to the unquantized model.
+8-bit weights are widened inside the matmul, which keeps outputs close to the unquantized
+model.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...exceptions import ModelLoadError
+from ...hosts.cpu_features import native_bf16
+from ..kernels import cpu_int8
 from ..kernels.reference import FP8, FP8_MAX
 
 INT8_MAX = 127
@@ -66,12 +68,12 @@ class _PerChannel:
     """8-bit weight rows with one scale per output channel, quantized at load."""
 
     storage: torch.dtype
-    scale_dtype = torch.float32
     top: float  # the largest 8-bit magnitude a row's |max| maps to
 
     def create(self, layer: nn.Module, rows: int, cols: int, dtype: torch.dtype, loader: Any) -> None:
         layer.weight = parameter((rows, cols), self.storage, loader)
-        layer.weight_scale = parameter((rows,), self.scale_dtype, loader, from_weight=True)
+        scale_dtype = self.scale_dtype(layer.weight.device, dtype)
+        layer.weight_scale = parameter((rows,), scale_dtype, loader, from_weight=True)
 
     def store_rows(self, layer: nn.Module, offset: int, source: Any, start: int, end: int) -> None:
         block = source[start:end]  # whole rows: their maxima are at hand
@@ -79,13 +81,19 @@ class _PerChannel:
 
     def store(self, layer: nn.Module, offset: int, block: torch.Tensor, amax: RowAmax) -> None:
         # Rounded to the stored dtype first, so that the rows are quantized by the scale kept.
-        scale = (amax() / self.top).clamp(min=torch.finfo(torch.float32).tiny).to(self.scale_dtype).float()
+        scale_dtype = layer.weight_scale.dtype
+        scale = (amax() / self.top).clamp(min=torch.finfo(torch.float32).tiny).to(scale_dtype).float()
         layer.weight.data[offset:offset + len(block)].copy_(self._quantize(block.float() / scale[:, None]))
         layer.weight_scale.data[offset:offset + len(block)].copy_(scale)
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         y = self._matmul(layer, x)
         return y if bias is None else y + bias
+
+    def scale_dtype(self, device: torch.device, dtype: torch.dtype) -> torch.dtype:
+        """The scales' dtype for weights on `device` multiplying `dtype` activations: the
+        matmul the layer will run takes them so, and they are never cast per call."""
+        return torch.float32
 
     def _quantize(self, scaled: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -95,12 +103,18 @@ class _PerChannel:
 
 
 class Int8(_PerChannel):
-    """int8, symmetric per channel. CPU: torch's weight-only int8 matmul, which wants bf16
-    activations (with float32 ones it ran ~10x slower than a float32 F.linear here)."""
+    """int8, symmetric per channel. CPU: mgpud's C kernel (cpu_int8.c) with float32 scales
+    where it builds, unless the activations are bf16 and the CPU multiplies bf16 natively;
+    else torch's weight-only int8 matmul, which wants bf16 activations and scales (with
+    float32 activations it ran ~10x slower than a float32 F.linear here)."""
 
     storage = torch.int8
-    scale_dtype = torch.bfloat16  # the matmul takes scales in its activations' dtype; kept so, not cast per call
     top = INT8_MAX
+
+    def scale_dtype(self, device: torch.device, dtype: torch.dtype) -> torch.dtype:
+        if device.type == "cpu" and cpu_int8.available() and (dtype == torch.float32 or not native_bf16()):
+            return torch.float32  # the C kernel's
+        return torch.bfloat16
 
     def _quantize(self, scaled: torch.Tensor) -> torch.Tensor:
         return scaled.round().clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
@@ -108,6 +122,8 @@ class Int8(_PerChannel):
     def _matmul(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda:
             return F.linear(x, layer.weight.to(x.dtype)) * layer.weight_scale.to(x.dtype)
+        if layer.weight_scale.dtype == torch.float32:  # the C kernel was chosen at create
+            return cpu_int8.linear(x, layer.weight, layer.weight_scale)
         lead = x.shape[:-1]
         flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
         out = torch._weight_int8pack_mm(flat, layer.weight, layer.weight_scale)
