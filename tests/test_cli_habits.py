@@ -85,7 +85,7 @@ def test_json_failures_print_an_error_object_with_the_same_exit_codes(daemon: Da
     assert missing.stderr == ""
     usage = daemon.cli("scale", "ghost", "--json")
     assert usage.exit_code == 2
-    assert error_of(usage) == {"code": "usage", "message": "give --tp, --dp or both (see `mgpud scale --help`)"}
+    assert error_of(usage)["code"] == "usage" and "mgpud scale --help" in error_of(usage)["message"]
     plain = daemon.cli("unload", "ghost")
     assert plain.stdout == "" and plain.stderr.startswith("mgpud: no model named 'ghost'")
 
