@@ -65,8 +65,8 @@ def run_planner(model: str, devices: list[Device], tp: int, dp: int, limits: dic
 
 
 def warm_planner() -> None:
-    """Measure this host's CPU now (importing torch: seconds), so that the next plan on CPU
+    """Measure this host's CPU now (in a child process: seconds), so that the next plan on CPU
     devices answers at once. Blocking: run it in a thread."""
-    from mgpud.engine.hosts.hardware import cpu_figures
+    from mgpud.engine.hosts.hardware import measure_aside
 
-    cpu_figures()
+    measure_aside()
