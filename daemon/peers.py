@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 class Peers:
     def __init__(self, control: zmq.asyncio.Socket, on_gone: Callable[[bytes], None]) -> None:
         self._fds: dict[bytes, int] = {}  # client identity -> the descriptor it last wrote from
+        self._holders: dict[int, set[bytes]] = {}  # the same, the other way round
         self._stale: dict[int, int] = {}  # descriptor -> closes already acted on, their events still to come
         self._on_gone = on_gone
         self._monitor = control.get_monitor_socket(zmq.EVENT_DISCONNECTED)
@@ -28,13 +29,18 @@ class Peers:
     def seen(self, identity: bytes, message: zmq.Frame) -> None:
         """Remember the connection `message` (received with copy=False) came through."""
         fd = message.get(zmq.SRCFD)
+        if self._fds.get(identity) == fd:
+            return  # every message but a client's first: nothing to do on the loop
         # The kernel reuses a closed descriptor at once: a new client may write through it
         # before the monitor reports the old one's close. Whoever held it is gone now, and
         # that close event, when it comes, must not take the newcomer with it.
-        for who in [w for w, held in self._fds.items() if held == fd and w != identity]:
+        for who in list(self._holders.get(fd, ())):
             self._stale[fd] = self._stale.get(fd, 0) + 1
             self._gone(who)
+        if identity in self._fds:
+            self._holders[self._fds[identity]].discard(identity)
         self._fds[identity] = fd
+        self._holders.setdefault(fd, set()).add(identity)
 
     async def watch(self) -> None:
         """Forever: a connection closed -> its clients' requests are cancelled."""
@@ -43,11 +49,11 @@ class Peers:
             if self._stale.get(fd):
                 self._stale[fd] -= 1
                 continue
-            for who in [w for w, held in self._fds.items() if held == fd]:
+            for who in list(self._holders.get(fd, ())):
                 self._gone(who)
 
     def _gone(self, who: bytes) -> None:
-        del self._fds[who]
+        self._holders[self._fds.pop(who)].discard(who)
         log.debug("client %s went away; cancelling its requests", who.hex())
         self._on_gone(who)
 
