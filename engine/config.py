@@ -222,6 +222,12 @@ class ModelConfig:
         return 2 * self.num_layers * (self.num_kv_heads // tp) * self.head_dim * dtype_bytes
 
 
+def cpu_kv_blocks_cap(max_num_seqs: int, max_model_len: int, block_size: int) -> int:
+    """KV blocks a CPU device reserves at most: what the batch limits can fill. Its memory is
+    the host's, so it holds no more than `max_num_seqs` sequences of `max_model_len` tokens."""
+    return max_num_seqs * -(-max_model_len // block_size)
+
+
 @dataclass
 class EngineConfig:
     """One replica's settings; see docs/engine-api.md."""

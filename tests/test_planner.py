@@ -144,6 +144,16 @@ def test_smollm2_on_cpu4_offers_only_tp_1_and_3():
     assert kv_bytes_per_token(cfg, "fp32", 3) == 2 * 30 * 1 * 64 * 4
 
 
+def test_cpu_devices_reserve_kv_only_for_what_the_batch_limits_fill():
+    cfg = ModelConfig.from_dict(SMOLLM2)
+    roomy = plan(cfg, "cpu:1", dtype="fp32", device_memory=64 * GiB, max_model_len=2000, max_num_seqs=8)
+    (shape,) = roomy.shapes
+    assert shape.kv_tokens == 8 * 2000 // 16 * 16  # 125 blocks of 16 per sequence
+    assert shape.kv_per_device == shape.kv_tokens * kv_bytes_per_token(cfg, "fp32", 1)
+    tight = plan(cfg, "cpu:1", dtype="fp32", device_memory=1 * GiB, max_model_len=2000, max_num_seqs=8)
+    assert tight.shapes[0].kv_tokens < shape.kv_tokens  # the memory binds before the batch limits
+
+
 def test_explicit_tp_that_does_not_divide_the_heads():
     p = plan(ModelConfig.from_dict(SMOLLM2), "cpu:4", tp=2, device_memory=2 * GiB)
     assert p.chosen is None and not p.ok

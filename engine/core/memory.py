@@ -57,10 +57,13 @@ def zeroed(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
 
 
 def kv_budget(device: torch.device, capacity: int | None, utilization: float,
-              peak_activations: int, num_devices: int) -> int:
-    """Bytes left for the KV cache on this rank after weights, runtime and activations."""
+              peak_activations: int, num_devices: int, resident: int) -> int:
+    """Bytes left for the KV cache on this rank after weights, runtime and activations.
+    resident: a CPU rank's RSS before it profiled. Read after, it would count twice what the
+    first forward leaves behind (thread pools, kernel scratch, freed blocks the allocator
+    keeps), since the profile's peak holds it already; how much that is differs by CPU."""
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         return int(total * utilization) - (total - free) - peak_activations
     capacity = capacity or cpu_device_memory(num_devices)
-    return int(capacity * utilization) - rss() - peak_activations
+    return int(capacity * utilization) - resident - peak_activations

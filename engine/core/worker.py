@@ -24,7 +24,7 @@ import zmq
 
 from mgpud.records import LoadProgress
 
-from ..config import EngineConfig, ModelConfig
+from ..config import EngineConfig, ModelConfig, cpu_kv_blocks_cap
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,7 @@ class Worker:
         self.owner.send(pickle.dumps((kind, fields), protocol=5))
 
     def start(self) -> None:
+        from .memory import rss
         from .model_runner import ModelRunner
         from .parallel import TPGroup
 
@@ -96,11 +97,12 @@ class Worker:
                                   a.config.enable_expert_parallel, a.quantization, a.config.kv_cache_dtype)
         graphs = self.device.type == "cuda" and not a.config.enforce_eager
         peak = graph_reserve = 0  # an explicit KV budget needs no measurement (and saves a forward)
+        resident = rss()
         if a.config.kv_cache_memory is None:
             peak = a.measured_peak if a.measured_peak is not None else self._profile()
             if graphs:
                 graph_reserve = self.runner.profile_graphs(a.config.max_num_seqs)
-        num_blocks = self._agree_on_blocks(peak + graph_reserve)
+        num_blocks = self._agree_on_blocks(peak + graph_reserve, resident)
         if a.rank == 0:
             self.send("progress", progress=LoadProgress("kv", message=f"allocating {num_blocks} KV blocks"))
         self.runner.allocate_kv(num_blocks)
@@ -139,8 +141,9 @@ class Worker:
                                 rank=a.rank, world_size=a.tp, timeout=timedelta(seconds=120),
                                 device_id=self.device if self.device.type == "cuda" else None)
 
-    def _agree_on_blocks(self, reserved: int) -> int:
-        """KV blocks every rank can hold beside `reserved` bytes (activations, graphs)."""
+    def _agree_on_blocks(self, reserved: int, resident: int) -> int:
+        """KV blocks every rank can hold beside `reserved` bytes (activations, graphs) and
+        the `resident` ones it held before measuring them."""
         import torch
         import torch.distributed as dist
 
@@ -150,12 +153,11 @@ class Worker:
         a = self.args
         c = a.config
         budget = c.kv_cache_memory if c.kv_cache_memory is not None else kv_budget(
-            self.device, c.device_memory, c.memory_utilization, reserved, a.tp)
+            self.device, c.device_memory, c.memory_utilization, reserved, a.tp, resident)
         need = -(-a.max_model_len // c.block_size)
         fit = max(0, budget) // self.runner.kv_block_bytes
         if c.kv_cache_memory is None and self.device.type == "cpu":
-            # A CPU device's memory is the host's: reserve what the batch limits can fill, no more.
-            fit = min(fit, c.max_num_seqs * need)
+            fit = min(fit, cpu_kv_blocks_cap(c.max_num_seqs, a.max_model_len, c.block_size))
         # On the rank's device: NCCL reduces CUDA tensors only.
         blocks = torch.tensor([fit], dtype=torch.int64, device=self.device)
         if a.tp > 1:

@@ -19,7 +19,7 @@ from typing import Any
 
 from mgpud.units import fmt_bytes
 
-from ..config import SUPPORTED_ARCHITECTURES, ModelConfig
+from ..config import SUPPORTED_ARCHITECTURES, ModelConfig, cpu_kv_blocks_cap
 from ..exceptions import EngineError
 from ..hosts.cpu_features import default_dtype
 from ..hosts.hardware import RUNTIME_MEMORY, Hardware, Link
@@ -264,6 +264,7 @@ class _Ask:
     kv_cache_dtype: str = "auto"
     model: str = ""  # as the user named it, for the advice's command line
     link: Link | None = None  # what connects the devices: the hardware's, or what --link names
+    cpu: bool = False  # CPU devices: KV reserved only up to what the batch limits fill
 
 
 def plan(model: ModelConfig | str | Path, devices: DeviceSet | str | None = None, *,
@@ -303,7 +304,8 @@ def plan(model: ModelConfig | str | Path, devices: DeviceSet | str | None = None
     ask = _Ask(cfg, pool.hardware, wdtype, device_budget(pool, memory_utilization),
                max_model_len or cfg.max_position_embeddings, concurrency, block_size,
                max_num_batched_tokens, max_num_seqs, kv_cache_memory, enable_expert_parallel, quantization,
-               kv_cache_dtype, str(model), pool.hardware.interconnect if pool.hardware else pool.link)
+               kv_cache_dtype, str(model), pool.hardware.interconnect if pool.hardware else pool.link,
+               pool.kind == "cpu")
     valid = cfg.valid_tp_degrees(pool.count)
     shapes = [_shape(ask, t, d) for t in valid for d in range(1, pool.count // t + 1)]
     knee = (knee_tp(cfg, ask.hw, wdtype, valid, concurrency, ask.length // 2, enable_expert_parallel,
@@ -389,6 +391,8 @@ def _shape(ask: _Ask, tp: int, dp: int) -> Shape:
     else:
         room = max(0, ask.budget - weights - activation_peak_bytes(
             ask.cfg, ask.dtype, tp, ask.batched_tokens, ask.max_seqs))
+        if ask.cpu:
+            room = min(room, cpu_kv_blocks_cap(ask.max_seqs, ask.length, ask.block_size) * ask.block_size * per_token)
     tokens = room // (per_token * ask.block_size) * ask.block_size
     sequences = tokens // (_ceil_div(ask.length, ask.block_size) * ask.block_size)
     batch = min(ask.concurrency, sequences)
