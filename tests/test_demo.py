@@ -16,10 +16,27 @@ from mgpud.engine.store import demo
 from mgpud.engine.exceptions import ModelLoadError
 from oracle import hf_chat_ids, hf_greedy
 
-_PREPARE = (
-    "import json; from mgpud.engine.store.demo import demo_model_dir; msgs = []; "
-    "path = demo_model_dir(msgs.append); print(json.dumps({'path': str(path), 'msgs': msgs}))"
-)
+# A preparing process whose build copies the session's converted demo model (the real GGUF
+# conversion runs once, in the demo_model fixture) once the test writes to the FIFO `go`:
+# the test holds the first build there until the second process is waiting on the lock.
+_PREPARE = """
+import json, shutil, sys
+from pathlib import Path
+from mgpud.engine.store import demo
+source, go = sys.argv[1], sys.argv[2]
+def build(work, report):
+    report("converting (a copy of the converted demo model)")
+    print("building", file=sys.stderr, flush=True)
+    open(go).read()
+    shutil.copytree(source, work / "model")
+demo._build = build
+msgs = []
+def note(msg):
+    msgs.append(msg)
+    print(msg, file=sys.stderr, flush=True)
+path = demo.demo_model_dir(note)
+print(json.dumps({"path": str(path), "msgs": msgs}))
+"""
 
 
 def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -70,15 +87,26 @@ def test_missing_transformers_names_the_extra(monkeypatch: pytest.MonkeyPatch, t
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
-    """Two processes prepare the demo model at once into a fresh cache, shared by this module."""
+def prepared(tmp_path_factory: pytest.TempPathFactory, demo_model: Path) -> tuple[Path, list[dict]]:
+    """Two processes prepare the demo model at once into a fresh cache, shared by this module:
+    the second starts while the first holds the lock and is released once it waits."""
     cache = tmp_path_factory.mktemp("demo-cache")
+    go = cache / "go"
+    os.mkfifo(go)
     env = {**os.environ, "MGPUD_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", _PREPARE], env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+
+    def start(until: str) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", _PREPARE, str(demo_model), str(go)], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        while until not in (line := proc.stderr.readline()):
+            assert line, f"the preparing process ended before saying {until!r}"
+        return proc
+
+    procs = [start("building"), start("waiting")]
+    go.write_text("go")
     results = []
     for proc in procs:
-        out, err = proc.communicate(timeout=600)
+        out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err[-3000:]
         results.append(json.loads(out.strip().splitlines()[-1]))
     return cache, results

@@ -289,6 +289,15 @@ def test_describe_cpu_and_probe():
     assert pool.hardware.flops32 <= figures.flops32
 
 
+def test_cpu_figures_are_measured_once_per_machine(tmp_path, monkeypatch):
+    monkeypatch.setenv("MGPUD_CACHE_DIR", str(tmp_path))
+    measured = hardware._measure()
+    (kept,) = (tmp_path / "hardware").iterdir()
+    assert hardware._remembered() == measured  # the next process reads it instead of measuring
+    kept.write_text("{not json")
+    assert hardware._remembered() is None  # a damaged file means: measure again
+
+
 def test_model_from_directory_and_bare_config(tmp_path):
     (tmp_path / "smol").mkdir()
     (tmp_path / "smol" / "config.json").write_text(json.dumps(SMOLLM2))

@@ -32,6 +32,16 @@ def cpu_flags() -> frozenset[str]:
 
 
 @functools.cache
+def cpu_model() -> str:
+    """The first processor's model name ("" where /proc/cpuinfo has none)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ""
+    return next((line.partition(":")[2].strip() for line in lines if line.startswith("model name")), "")
+
+
+@functools.cache
 def native_bf16() -> bool:
     """Whether bf16 matrix instructions exist here (AVX512-BF16 or AMX-BF16)."""
     flags = cpu_flags()

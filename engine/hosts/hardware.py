@@ -5,13 +5,18 @@ measured once. Link bandwidth is per direction, the rate a ring all-reduce moves
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib.metadata
 import json
+import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
+from .cpu_features import cpu_flags, cpu_model
 from .inventory import host_cores
 
 MiB = 1 << 20
@@ -117,34 +122,83 @@ _MEASURED: list[CpuFigures] = []  # this process's one measurement, once taken
 
 def cpu_figures() -> CpuFigures:
     """This host measured once per process (~0.6 s here, importing torch, unless
-    `measure_aside` took it already)."""
+    `measure_aside` or an earlier process took it already)."""
     if not _MEASURED:
-        _MEASURED.append(_measure())
+        _MEASURED.append(_remembered() or _measure())
     return _MEASURED[0]
 
 
 def measure_aside() -> None:
     """Take the measurement in a child process (blocking; seconds): the daemon neither
     imports torch for it nor holds its interpreter lock while torch imports and multiplies,
-    which stalled its event loop for up to a second."""
+    which stalled its event loop for up to a second. A figure this machine measured before
+    is read from the cache instead."""
     if _MEASURED:
         return
-    child = subprocess.run([sys.executable, "-m", __name__], check=True, capture_output=True, text=True, timeout=300)
-    _MEASURED.append(CpuFigures(**json.loads(child.stdout)))
+    figures = _remembered()
+    if figures is None:
+        child = subprocess.run([sys.executable, "-m", __name__], check=True, capture_output=True, text=True,
+                               timeout=300)
+        figures = CpuFigures(**json.loads(child.stdout))
+    _MEASURED.append(figures)
+
+
+def _cache_file() -> Path:
+    """Where this machine's figures are kept, keyed by what changes them: the CPU (its model
+    and flags), the cores this process may use, and torch's version."""
+    from ..store.demo import cache_dir
+
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = "none"
+    key = f"{cpu_model()}|{sorted(cpu_flags())}|{host_cores()}|{torch_version}|{_MEASURE_VERSION}"
+    return cache_dir() / "hardware" / f"cpu-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def _remembered() -> CpuFigures | None:
+    try:
+        return CpuFigures(**json.loads(_cache_file().read_text()))
+    except (OSError, ValueError, TypeError):
+        return None  # not measured on this machine yet, or an unreadable file: measure again
+
+
+def _remember(figures: CpuFigures) -> None:
+    file = _cache_file()
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        temp = file.with_suffix(f".{os.getpid()}.tmp")
+        temp.write_text(json.dumps(dataclasses.asdict(figures)))
+        temp.rename(file)  # atomic: a concurrent reader sees all of it or nothing
+    except OSError:
+        pass  # a read-only cache: the next process measures again
+
+
+_MEASURE_VERSION = 2  # bumped when _measure changes what it reports
+_EMULATED = 5e9  # FLOP/s: a matmul this slow has no native instructions behind it
 
 
 def _measure() -> CpuFigures:
     import torch  # only CPU planning pays for torch
 
-    n = 1024
-    a32 = torch.randn(n, n)
-    a16 = a32.bfloat16()
+    a32 = torch.randn(1024, 1024)
     src = torch.empty(16 * MiB)  # 64 MiB of fp32: far beyond the caches
     dst = torch.empty_like(src)
-    return CpuFigures(threads=torch.get_num_threads(),
-                      flops32=_rate(lambda: torch.mm(a32, a32), 2 * n ** 3, 0.3),
-                      flops16=_rate(lambda: torch.mm(a16, a16), 2 * n ** 3, 0.15),
-                      copy_bandwidth=_rate(lambda: dst.copy_(src), 2 * src.nbytes, 0.1))
+    figures = CpuFigures(threads=torch.get_num_threads(), flops32=_matmul_rate(a32, 0.3),
+                         flops16=_matmul_rate(a32.bfloat16(), 0.15),
+                         copy_bandwidth=_rate(lambda: dst.copy_(src), 2 * src.nbytes, 0.1))
+    _remember(figures)
+    return figures
+
+
+def _matmul_rate(a: Any, seconds: float) -> float:
+    """FLOP/s of square matmuls of a's dtype: first at 256; at a's full size only when that
+    is fast. Emulated bf16 runs ~0.5 GFLOP/s, where one 1024 matmul would take seconds."""
+    small = a[:256, :256].contiguous()
+    rate = _rate(lambda: small @ small, 2 * 256 ** 3, seconds / 4)
+    if rate < _EMULATED:
+        return rate
+    return _rate(lambda: a @ a, 2 * a.shape[0] ** 3, seconds)
 
 
 def _rate(work: Callable[[], object], amount: float, seconds: float) -> float:
