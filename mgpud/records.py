@@ -217,8 +217,21 @@ class Device:
 
 
 def to_wire(record: Any) -> dict[str, Any]:
-    """A record as the map the protocol sends."""
-    return dataclasses.asdict(record)
+    """A record as the map the protocol sends. What dataclasses.asdict gives, without its
+    deep copy of every leaf: status and telemetry send these several times a second."""
+    return {name: _wire(getattr(record, name)) for name in type(record).__dataclass_fields__}
+
+
+def _wire(value: Any) -> Any:
+    if hasattr(type(value), "__dataclass_fields__"):
+        return to_wire(value)
+    if isinstance(value, list):
+        return [_wire(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_wire(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _wire(v) for k, v in value.items()}
+    return value
 
 
 def from_wire(cls: type[R], data: dict[str, Any]) -> R:
