@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as _HFTokenizer
 
 from ..exceptions import InvalidRequest, ModelLoadError
@@ -27,7 +25,20 @@ def _token_text(value: Any) -> str:
 
 
 def _raise(message: str) -> None:
+    import jinja2
+
     raise jinja2.TemplateError(message)
+
+
+def _chat_template(text: str) -> Any:
+    """The compiled chat template. jinja2 is imported here, not with the module: worker
+    processes import this module (for the Detokenizer type) and never render a chat."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = _raise
+    env.filters["tojson"] = lambda v, indent=None: json.dumps(v, indent=indent, ensure_ascii=False)
+    return env.from_string(text)
 
 
 class Tokenizer:
@@ -42,10 +53,7 @@ class Tokenizer:
         template = template_file.read_text() if template_file.is_file() else cfg.get("chat_template")
         if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
             template = next((t["template"] for t in template if t.get("name") == "default"), None)
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = _raise
-        env.filters["tojson"] = lambda v, indent=None: json.dumps(v, indent=indent, ensure_ascii=False)
-        self._template = env.from_string(template) if template else None
+        self._template = _chat_template(template) if template else None
         self.bos_token = _token_text(cfg.get("bos_token"))
         self.eos_token = _token_text(cfg.get("eos_token"))
         self.eos_ids = self._eos_ids(model_dir)
@@ -72,6 +80,8 @@ class Tokenizer:
         return self._tok.decode(ids, skip_special_tokens=True)
 
     def render_chat(self, messages: list[dict[str, Any]]) -> str:
+        import jinja2
+
         if self._template is None:
             raise InvalidRequest("this model has no chat template; send a plain prompt instead of messages")
         try:
