@@ -3,10 +3,11 @@
 Whoever can write into the runtime directory can put a listener of their own in place of
 control.sock, and clients would send it their requests. So the daemon refuses a
 directory (runtime or state) that another user owns or may write into: group write only
-for the daemon's own group (a unit may give its group /run/mgpud 0770), world write never. Its last-resort directory, /tmp/mgpud-<uid>, sits in the world-writable
-/tmp where anyone may have created it first: it must be the daemon's, 0700 and no
-symbolic link. Each client checks the socket's owner before it connects (the rule is
-`check_socket`'s, docs/protocol.md "Sockets" states it for other clients).
+for the daemon's own group (a unit may give its group /run/mgpud 0770), world write never.
+Its last-resort directory, /tmp/mgpud-<uid>, sits in the world-writable /tmp where anyone
+may have created it first: it must be the daemon's, 0700 and no symbolic link. Each client
+checks the socket's owner before it connects (the rule is `check_socket`'s,
+docs/protocol.md "Sockets" states it for other clients).
 """
 
 from __future__ import annotations

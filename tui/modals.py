@@ -183,7 +183,8 @@ class LoadModal(_Dialog):
                                            id="max_model_len", compact=True))
 
     def plan_request(self) -> tuple[tuple[str, Any], ...]:
-        return (("max_model_len", self.number("max_model_len")), ("model", self.query_one("#model", Input).value.strip()))
+        model = self.query_one("#model", Input).value.strip()
+        return (("max_model_len", self.number("max_model_len")), ("model", model))
 
     def command(self) -> Coroutine[Any, Any, None] | None:
         model, max_model_len = self.query_one("#model", Input).value.strip(), self.number("max_model_len")

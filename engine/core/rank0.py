@@ -37,7 +37,8 @@ class Rank0Loop:
             sock.connect(a.endpoint(f"rank{rank}"))
             self.followers.append(sock)
         blocks = BlockManager(len(self.runner.caches[0][0]), a.config.block_size, a.config.enable_prefix_caching)
-        self.scheduler = Scheduler(Limits(a.config.max_num_seqs, a.config.max_num_batched_tokens, a.max_model_len), blocks)
+        limits = Limits(a.config.max_num_seqs, a.config.max_num_batched_tokens, a.max_model_len)
+        self.scheduler = Scheduler(limits, blocks)
         self.block_size = a.config.block_size
         self.max_model_len = a.max_model_len
         self.prompt_tokens = 0

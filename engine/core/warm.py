@@ -4,7 +4,8 @@ on a small CPU).
 
 A warm worker waits for one line on its stdin: the path of its rank's arguments (see
 worker.warm_main). A replica takes one per rank (`start`); once it has loaded, the pool
-starts others in a thread (`refill`), one at a time, to be `size` strong again. Like every rank, a warm worker exits when its parent does.
+starts others in a thread (`refill`), one at a time, to be `size` strong again. Like every
+rank, a warm worker exits when its parent does.
 """
 
 from __future__ import annotations
