@@ -114,7 +114,10 @@ class Daemon:
             await client.call("ping")  # the socket answers: clients can connect from now on
         log.info("listening on %s (events on %s)", self.control_path, self.events_path)
         if self.http is not None:
-            self.http.start()
+            await self.http.import_web()
+            from .web.app import build_app
+
+            self.http.serve(build_app(self))
             log.info("HTTP API on %s%s", self.http.url, " (API key required)" if self.config.api_key else "")
         await self._start_models()
         if not self._stopped.is_set():
@@ -202,11 +205,10 @@ class Daemon:
         control socket answers."""
         if self.config.http is None:
             return None
-        from .web.app import build_app
         from .web.listener import Listener
 
         try:
-            return Listener(build_app(self), *self.config.http)
+            return Listener(*self.config.http)
         except OSError as exc:
             raise StartError(exc.strerror or str(exc)) from None
 
