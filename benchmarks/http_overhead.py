@@ -121,7 +121,7 @@ def fresh(daemon: DaemonProcess, model: str, quick: bool) -> contextlib.Abstract
 @benchmark("http_overhead", __doc__)
 def main(args: argparse.Namespace) -> dict[str, Any]:
     work = chat_workload(4, 4, 8) if args.quick else chat_workload(64, 16, 256)
-    count, streams, max_tokens = (200, 4, 32) if args.quick else (2000, 64, 256)
+    count, streams, max_tokens = (50, 4, 32) if args.quick else (2000, 64, 256)
     with DaemonProcess("--log-level", "warning", devices=DEVICES, http="127.0.0.1:0") as daemon:
         url, model = daemon.http_url, str(bench_model(args.quick))
         # Each pass on a freshly loaded model: the second must not find the first's prompts

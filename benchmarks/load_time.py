@@ -90,6 +90,14 @@ def resident_fraction(files: list[Path]) -> float:
 
 # -- loading ----------------------------------------------------------------------------------
 
+class OneLoadPool(WarmPool):
+    """Warm workers for one timed load: no replacements once it is done (a daemon's pool
+    starts them; here their imports would only hold up closing the pool, seconds each)."""
+
+    def refill(self) -> None:
+        pass
+
+
 def timed_load(model: Path, tp: int) -> dict[str, float]:
     """Construct an engine on warm workers and time it, and its phases from its progress."""
     phases: dict[str, float] = {}
@@ -100,7 +108,7 @@ def timed_load(model: Path, tp: int) -> dict[str, float]:
     cfg = EngineConfig(model=str(model), tp=tp, max_model_len=256, kv_cache_memory=32 << 20,
                        max_num_batched_tokens=64, max_num_seqs=4,
                        threads_per_device=max(1, (os.cpu_count() or 1) // tp))
-    workers = WarmPool(tp)
+    workers = OneLoadPool(tp)
     try:
         while workers.counts()[0] < tp:
             time.sleep(0.05)

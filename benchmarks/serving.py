@@ -161,7 +161,7 @@ def serve_shape(daemon: DaemonProcess, model: str, dp: int, rates: list[float], 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     # The quick run's small step budget keeps each replica's start-up profile short.
     if args.quick:
-        rates, per_rate, max_tokens, batched = [1.0, 4.0], (3, 3, 3), 6, 256
+        rates, per_rate, max_tokens, batched = [4.0, 16.0], (3, 3, 3), 6, 256
     else:
         rates, per_rate, max_tokens, batched = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0], (16, 48, 30), 128, 2048
     cores, model = os.cpu_count() or 1, str(bench_model(args.quick))
