@@ -112,7 +112,8 @@ def measure(daemon: DaemonProcess, count: int, streams: int, max_tokens: int) ->
 def main(args: argparse.Namespace) -> dict[str, Any]:
     count, streams, max_tokens = (50, 4, 32) if args.quick else (2000, 16, 256)
     with DaemonProcess("--log-level", "warning", devices=DEVICES) as daemon:
-        daemon.call("load", model=str(bench_model(args.quick)), name=MODEL, tp=1, dp=1, max_model_len=1024, kv_cache_memory=256 << 20)
+        daemon.call("load", model=str(bench_model(args.quick)), name=MODEL, tp=1, dp=1, max_model_len=1024,
+                    kv_cache_memory=256 << 20)
         result = measure(daemon, count, streams, max_tokens)
     return {**result, "devices": DEVICES, "model": f"{bench_model_label(args.quick)}, tp=1 dp=1 on cpu:0"}
 

@@ -60,7 +60,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     model = str(bench_model(args.quick))  # prepared once beforehand: that is not a load
     rounds = [one_round(model) for _ in range(1 if args.quick else 3)]
     best = {key: min(r[key] for r in rounds) for key in rounds[0]}
-    return {**best, "rounds": len(rounds), "devices": DEVICES, "model": f"{bench_model_label(args.quick)}, tp=1, defaults"}
+    return {**best, "rounds": len(rounds), "devices": DEVICES,
+            "model": f"{bench_model_label(args.quick)}, tp=1, defaults"}
 
 
 if __name__ == "__main__":
