@@ -29,6 +29,7 @@ RESULTS = Path(__file__).parent / "results"
 # (hidden, intermediate, layers, heads, kv heads): "full" (load_time.py) ~2.07 GB in fp32;
 # "small", the model of every --quick run, ~0.17 GB, its heads split at tp 1, 2 and 3;
 # "1b" (gpu_engine.py): 1.17 B parameters, Llama-3.2-1B's layout with SmolLM2's vocabulary, in bf16.
+# Each is written once under its name: a changed shape needs a new name.
 SYNTHETIC = {"full": (2048, 5632, 7, 16, 4), "small": (384, 1152, 2, 6, 6), "1b": (2048, 8192, 16, 32, 8)}
 SYNTHETIC_DTYPE = {"1b": "bfloat16"}  # the others: float32
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
@@ -151,7 +152,6 @@ def synthetic_checkpoint(size: str) -> Path:
     finally:
         shutil.rmtree(build, ignore_errors=True)
     return target
-
 
 
 def bench_model(quick: bool) -> Path:
