@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from common import benchmark, chat_workload
+from common import bench_model, bench_model_label, benchmark, chat_workload
 from mgpud.daemon.testing import DaemonProcess
 from mgpud.ipc import AsyncClient, Client
 
@@ -110,11 +110,12 @@ def measure(daemon: DaemonProcess, count: int, streams: int, max_tokens: int) ->
 
 @benchmark("control_latency", __doc__)
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    count, streams, max_tokens = (200, 4, 32) if args.quick else (2000, 16, 256)
+    count, streams, max_tokens = (50, 4, 32) if args.quick else (2000, 16, 256)
     with DaemonProcess("--log-level", "warning", devices=DEVICES) as daemon:
-        daemon.call("load", model="demo", name=MODEL, tp=1, dp=1, max_model_len=1024, kv_cache_memory=256 << 20)
+        daemon.call("load", model=str(bench_model(args.quick)), name=MODEL, tp=1, dp=1, max_model_len=1024,
+                    kv_cache_memory=256 << 20)
         result = measure(daemon, count, streams, max_tokens)
-    return {**result, "devices": DEVICES, "model": "demo (SmolLM2-135M), tp=1 dp=1 on cpu:0"}
+    return {**result, "devices": DEVICES, "model": f"{bench_model_label(args.quick)}, tp=1 dp=1 on cpu:0"}
 
 
 if __name__ == "__main__":

@@ -33,8 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import benchmark
-from load_time import synthetic_checkpoint
+from common import benchmark, synthetic_checkpoint
 from mgpud.daemon.testing import DaemonProcess
 from mgpud.engine import EngineConfig, ModelGroup, SamplingParams
 from mgpud.engine.config import ModelConfig
@@ -49,7 +48,7 @@ CPU_KV = 64 << 20  # bytes: CPU devices get a fixed KV cache (profiling a CPU is
 
 def _models(quick: bool) -> dict[str, Path]:
     if quick:
-        return {"synthetic_small": synthetic_checkpoint("quick")}
+        return {"synthetic_small": synthetic_checkpoint("small")}
     return {"demo": demo_model_dir(), "synthetic_1b": synthetic_checkpoint("1b")}
 
 

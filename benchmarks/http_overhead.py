@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import openai
-from common import benchmark, chat_workload
+from common import bench_model, bench_model_label, benchmark, chat_workload
 from control_latency import probe, probe_loaded
 from mgpud.daemon.testing import DaemonProcess
 from mgpud.ipc import AsyncClient
@@ -103,9 +103,9 @@ def control_under_http(daemon: DaemonProcess, url: str, count: int, streams: int
 
 
 @contextlib.contextmanager
-def loaded(daemon: DaemonProcess) -> Iterator[None]:
-    """The demo model loaded as throughput.py's engine is, unloaded afterwards."""
-    daemon.call("load", model="demo", name=MODEL, tp=1, dp=1, max_model_len=1024,
+def loaded(daemon: DaemonProcess, model: str) -> Iterator[None]:
+    """`model` loaded as throughput.py's engine is, unloaded afterwards."""
+    daemon.call("load", model=model, name=MODEL, tp=1, dp=1, max_model_len=1024,
                 kv_cache_memory=1 << 30, max_num_batched_tokens=1024)
     try:
         yield
@@ -113,24 +113,30 @@ def loaded(daemon: DaemonProcess) -> Iterator[None]:
         daemon.call("unload", name=MODEL, force=True)
 
 
+def fresh(daemon: DaemonProcess, model: str, quick: bool) -> contextlib.AbstractContextManager[None]:
+    """A measured pass's own load of `model`; in a smoke run, the one load already there."""
+    return contextlib.nullcontext() if quick else loaded(daemon, model)
+
+
 @benchmark("http_overhead", __doc__)
 def main(args: argparse.Namespace) -> dict[str, Any]:
     work = chat_workload(4, 4, 8) if args.quick else chat_workload(64, 16, 256)
-    count, streams, max_tokens = (200, 4, 32) if args.quick else (2000, 64, 256)
+    count, streams, max_tokens = (50, 4, 32) if args.quick else (2000, 64, 256)
     with DaemonProcess("--log-level", "warning", devices=DEVICES, http="127.0.0.1:0") as daemon:
-        url = daemon.http_url
+        url, model = daemon.http_url, str(bench_model(args.quick))
         # Each pass on a freshly loaded model: the second must not find the first's prompts
-        # in the prefix cache.
-        with loaded(daemon):
-            z_s, z_gen = asyncio.run(via_zmq(str(daemon.runtime_dir), work))
-        with loaded(daemon):
-            h_s, h_gen = asyncio.run(via_http(url, work))
-        with loaded(daemon):
-            control = control_under_http(daemon, url, count, streams, max_tokens)
+        # in the prefix cache. A smoke run, which only proves that the passes work, loads once.
+        with loaded(daemon, model) if args.quick else contextlib.nullcontext():
+            with fresh(daemon, model, args.quick):
+                z_s, z_gen = asyncio.run(via_zmq(str(daemon.runtime_dir), work))
+            with fresh(daemon, model, args.quick):
+                h_s, h_gen = asyncio.run(via_http(url, work))
+            with fresh(daemon, model, args.quick):
+                control = control_under_http(daemon, url, count, streams, max_tokens)
     return {"http_tok_s": h_gen / h_s, "zmq_tok_s": z_gen / z_s, "ratio": (h_gen / h_s) / (z_gen / z_s),
             **control, "requests": len(work), "http_generated_tokens": h_gen, "zmq_generated_tokens": z_gen,
             "http_seconds": h_s, "zmq_seconds": z_s, "control_streams": streams, "devices": DEVICES,
-            "model": "demo (SmolLM2-135M), tp=1 dp=1 on cpu:0"}
+            "model": f"{bench_model_label(args.quick)}, tp=1 dp=1 on cpu:0"}
 
 
 if __name__ == "__main__":

@@ -18,18 +18,16 @@ with `enable_prefix_caching` on and off. Target: at least 2x the throughput with
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import time
 from pathlib import Path
 from typing import Any
 
-from common import benchmark, chat_workload
+from common import bench_model, bench_threads, benchmark, chat_workload
 from mgpud.engine import EngineConfig, ModelConfig, ModelGroup, SamplingParams
 from mgpud.engine.core.kv import BlockManager
 from mgpud.engine.core.scheduler import Limits, Scheduler
 from mgpud.engine.core.sequence import Sequence
-from mgpud.engine.store.demo import demo_model_dir
 
 BLOCK_SIZE = 16
 MAX_SEQS = 64
@@ -150,7 +148,7 @@ def prefix_caching(model: str, quick: bool, batched: int, threads: int) -> dict[
 
 @benchmark("kv_efficiency", __doc__)
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    model, threads = str(demo_model_dir()), os.cpu_count() or 1
+    model, threads = str(bench_model(args.quick)), bench_threads(args.quick)
     # The step budget also sizes each engine's start-up profile: small for a smoke run.
     batched = 256 if args.quick else 512
     packing = admission(model, args.quick, batched, threads)

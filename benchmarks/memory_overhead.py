@@ -15,15 +15,13 @@ zeroed, so all of it is resident from the start.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 from typing import Any
 
 import psutil
-from common import benchmark, chat_workload
+from common import bench_model, bench_threads, benchmark, chat_workload
 from mgpud.engine import EngineConfig, ModelGroup, SamplingParams
-from mgpud.engine.store.demo import demo_model_dir
 
 MIB = 1 << 20
 _BARE_TORCH = "import torch; torch.ones(1).sum(); print(open('/proc/self/status').read())"
@@ -57,8 +55,8 @@ def rank_figures(pid: int, weights: int, kv: int, activations: int) -> dict[str,
 
 
 def full_load_run(tp: int, quick: bool) -> list[dict[str, float]]:
-    threads = max(1, (os.cpu_count() or 1) // tp)
-    cfg = EngineConfig(model=str(demo_model_dir()), tp=tp, max_model_len=512, threads_per_device=threads,
+    threads = bench_threads(quick, tp)
+    cfg = EngineConfig(model=str(bench_model(quick)), tp=tp, max_model_len=512, threads_per_device=threads,
                        kv_cache_memory=128 * MIB, max_num_batched_tokens=256 if quick else 2048)
     work = chat_workload(6, 8, 16) if quick else chat_workload(32, 16, 48, seed=2)
     with ModelGroup(cfg) as engine:

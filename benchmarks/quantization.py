@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
 from typing import Any
 
-from common import benchmark
+from common import bench_model, bench_threads, benchmark
 from mgpud.engine import EngineConfig, ModelGroup, SamplingParams
-from mgpud.engine.store.demo import demo_model_dir
 
 TEXT = ("The lighthouse stood at the end of a long stone pier, and every night for forty years the same "
         "keeper climbed its hundred and twelve steps to light the lamp. Ships passing in the dark knew the "
@@ -57,12 +55,12 @@ def decode_rate(group: ModelGroup, tokens: int, repeats: int) -> float:  # token
     return best
 
 
-def measure_load(settings: dict[str, Any], tokens: int, repeats: int, warm_up: bool) -> dict[str, Any]:
-    cfg = EngineConfig(model=str(demo_model_dir()), max_model_len=1024, kv_cache_memory=64 << 20,
-                       threads_per_device=os.cpu_count() or 1, **settings)
+def measure_load(model: str, settings: dict[str, Any], tokens: int, repeats: int, quick: bool) -> dict[str, Any]:
+    cfg = EngineConfig(model=model, max_model_len=1024, kv_cache_memory=64 << 20,
+                       threads_per_device=bench_threads(quick), **settings)
     with ModelGroup(cfg) as group:
         replica = group.stats().replicas[0]
-        if warm_up:
+        if not quick:
             decode_rate(group, 4, 1)
         return {"dtype": replica.dtype, "quantization": replica.quantization,
                 "weight_bytes": replica.weight_bytes_per_rank[0], "perplexity": perplexity(group),
@@ -72,7 +70,8 @@ def measure_load(settings: dict[str, Any], tokens: int, repeats: int, warm_up: b
 @benchmark("quantization", __doc__)
 def main(args: argparse.Namespace) -> dict[str, Any]:
     tokens, repeats = (4, 1) if args.quick else (64, 3)
-    loads = {name: measure_load(settings, tokens, repeats, not args.quick) for name, settings in LOADS.items()}
+    model = str(bench_model(args.quick))
+    loads = {name: measure_load(model, settings, tokens, repeats, args.quick) for name, settings in LOADS.items()}
     base, bf16 = loads["default"], loads["bf16"]
     for name in ("int8", "fp8"):
         q = loads[name]

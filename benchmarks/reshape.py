@@ -16,9 +16,8 @@ import argparse
 import time
 from typing import Any
 
-from common import benchmark
+from common import bench_model, bench_model_label, benchmark
 from mgpud.daemon.testing import DaemonProcess
-from mgpud.engine.store.demo import demo_model_dir
 from mgpud.ipc import Client
 
 DEVICES = "cpu:2"
@@ -40,13 +39,13 @@ def wait_warm(client: Client, timeout: float = 300.0) -> None:
         time.sleep(0.05)
 
 
-def one_round() -> dict[str, float]:
+def one_round(model: str) -> dict[str, float]:
     daemon = DaemonProcess("--log-level", "warning", "--warm-workers", "2", devices=DEVICES)
     try:
         figures = {"daemon_start_s": timed(daemon.start)}
         with daemon.client(timeout=600.0) as client:
             figures["warm_pool_fill_s"] = timed(wait_warm, client)
-            figures["load_dp2_s"] = timed(client.call, "load", model="demo", name=MODEL, tp=1, dp=2)
+            figures["load_dp2_s"] = timed(client.call, "load", model=model, name=MODEL, tp=1, dp=2)
             figures["scale_down_s"] = timed(client.call, "reconfigure", name=MODEL, dp=1)
             wait_warm(client)
             figures["scale_up_s"] = timed(client.call, "reconfigure", name=MODEL, dp=2)
@@ -58,10 +57,11 @@ def one_round() -> dict[str, float]:
 
 @benchmark("reshape", __doc__, quick_help="one round instead of three")
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    demo_model_dir()  # converted once beforehand: the conversion is not a load
-    rounds = [one_round() for _ in range(1 if args.quick else 3)]
+    model = str(bench_model(args.quick))  # prepared once beforehand: that is not a load
+    rounds = [one_round(model) for _ in range(1 if args.quick else 3)]
     best = {key: min(r[key] for r in rounds) for key in rounds[0]}
-    return {**best, "rounds": len(rounds), "devices": DEVICES, "model": "demo (SmolLM2-135M), tp=1, defaults"}
+    return {**best, "rounds": len(rounds), "devices": DEVICES,
+            "model": f"{bench_model_label(args.quick)}, tp=1, defaults"}
 
 
 if __name__ == "__main__":

@@ -12,11 +12,10 @@ import argparse
 import time
 from typing import Any
 
-from common import benchmark, chat_workload
+from common import bench_model, benchmark, chat_workload
 from mgpud.engine import EngineConfig, SamplingParams
 from mgpud.engine.serving.group import ModelGroup
 from mgpud.engine.serving.pool import DevicePool
-from mgpud.engine.store.demo import demo_model_dir
 
 SHAPES = [("tp1_dp1", 1, 1, 1), ("tp1_dp2", 1, 2, 1), ("tp3_dp1", 3, 1, 1), ("tp1_dp1_2threads", 1, 1, 2)]
 
@@ -37,7 +36,7 @@ def run(model: str, tp: int, dp: int, threads: int, work) -> dict[str, float]:
 
 @benchmark("scaling", __doc__)
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    model = str(demo_model_dir())
+    model = str(bench_model(args.quick))
     work = chat_workload(2, 2, 4) if args.quick else chat_workload(32, 32, 96, seed=1)
     return {name: run(model, tp, dp, threads, work) for name, tp, dp, threads in SHAPES}
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import RESULTS, benchmark, chat_workload, result_file
+from common import RESULTS, bench_model, benchmark, chat_workload, result_file
 from mgpud.daemon.testing import DaemonProcess
 from mgpud.ipc import AsyncClient, MgpudError
 
@@ -145,9 +145,9 @@ def plot(curves: dict[str, dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def serve_shape(daemon: DaemonProcess, dp: int, rates: list[float], per_rate: tuple[int, int, int],
+def serve_shape(daemon: DaemonProcess, model: str, dp: int, rates: list[float], per_rate: tuple[int, int, int],
                 max_tokens: int, batched_tokens: int) -> dict[str, Any]:
-    daemon.call("load", model="demo", name=MODEL, tp=1, dp=dp, max_model_len=1024, kv_cache_memory=256 << 20,
+    daemon.call("load", model=model, name=MODEL, tp=1, dp=dp, max_model_len=1024, kv_cache_memory=256 << 20,
                 max_num_batched_tokens=batched_tokens)
     try:
         points = asyncio.run(sweep(daemon.runtime_dir, rates, per_rate, max_tokens))
@@ -161,12 +161,12 @@ def serve_shape(daemon: DaemonProcess, dp: int, rates: list[float], per_rate: tu
 def main(args: argparse.Namespace) -> dict[str, Any]:
     # The quick run's small step budget keeps each replica's start-up profile short.
     if args.quick:
-        rates, per_rate, max_tokens, batched = [1.0, 4.0], (3, 3, 3), 6, 256
+        rates, per_rate, max_tokens, batched = [4.0, 16.0], (3, 3, 3), 6, 256
     else:
         rates, per_rate, max_tokens, batched = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0], (16, 48, 30), 128, 2048
-    cores = os.cpu_count() or 1
+    cores, model = os.cpu_count() or 1, str(bench_model(args.quick))
     with DaemonProcess("--log-level", "warning", devices=f"cpu:{max(2, cores)}") as daemon:
-        curves = {f"dp{dp}": serve_shape(daemon, dp, rates, per_rate, max_tokens, batched) for dp in (1, 2)}
+        curves = {f"dp{dp}": serve_shape(daemon, model, dp, rates, per_rate, max_tokens, batched) for dp in (1, 2)}
     png = result_file("serving", args.quick, ".png")
     plotted = plot(curves, png)
     if not plotted:

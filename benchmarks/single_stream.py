@@ -19,20 +19,19 @@ import time
 from typing import Any
 
 import torch
-from common import benchmark
+from common import bench_model, benchmark
 from mgpud.daemon.testing import DaemonProcess
 from mgpud.engine import EngineConfig
-from mgpud.engine.store.demo import demo_model_dir
 
 MESSAGES = [{"role": "user", "content": "Tell me a story about a lighthouse keeper and a storm."}]
 DEVICES = "cpu:1"
 TARGET = 2.5
 
 
-def run_mgpud(tokens: int, repeats: int) -> dict[str, float]:
+def run_mgpud(model: str, tokens: int, repeats: int) -> dict[str, float]:
     best: dict[str, float] = {}
     with DaemonProcess("--log-level", "warning", devices=DEVICES) as daemon:
-        daemon.call("load", model="demo", name="smol", tp=1, dp=1, max_model_len=1024, kv_cache_memory=64 << 20)
+        daemon.call("load", model=model, name="smol", tp=1, dp=1, max_model_len=1024, kv_cache_memory=64 << 20)
         with daemon.client(timeout=300.0) as client:
             ask = {"model": "smol", "messages": MESSAGES, "ignore_eos": True}
             client.stream("generate", **ask, max_tokens=4).wait()  # warm-up
@@ -47,10 +46,9 @@ def run_mgpud(tokens: int, repeats: int) -> dict[str, float]:
     return best
 
 
-def run_transformers(tokens: int, repeats: int) -> dict[str, float]:
+def run_transformers(model: str, tokens: int, repeats: int) -> dict[str, float]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = str(demo_model_dir())
     torch.set_num_threads(1)
     tok = AutoTokenizer.from_pretrained(model)
     hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
@@ -73,11 +71,12 @@ def run_transformers(tokens: int, repeats: int) -> dict[str, float]:
 @benchmark("single_stream", __doc__)
 def main(args: argparse.Namespace) -> dict[str, Any]:
     tokens, repeats = (16, 1) if args.quick else (128, 3)
-    ours = run_mgpud(tokens, repeats)
-    theirs = run_transformers(tokens, repeats)
+    model = str(bench_model(args.quick))
+    ours = run_mgpud(model, tokens, repeats)
+    theirs = run_transformers(model, tokens, repeats)
     return {"ratio": ours["tok_s"] / theirs["tok_s"], "decode_ratio": ours["decode_tok_s"] / theirs["decode_tok_s"],
             "target_ratio": TARGET, "mgpud": ours, "transformers": theirs, "devices": DEVICES,
-            "mgpud_dtype": EngineConfig(model="demo").dtype_name(on_cuda=False), "transformers_dtype": "float32",
+            "mgpud_dtype": EngineConfig(model=model).dtype_name(on_cuda=False), "transformers_dtype": "float32",
             "transformers_threads": 1}
 
 

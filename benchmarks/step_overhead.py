@@ -15,15 +15,13 @@ owner falling behind).
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import threading
 import time
 from typing import Any
 
-from common import benchmark
+from common import bench_model, bench_threads, benchmark
 from mgpud.engine import EngineConfig, ModelGroup, RequestOutput, SamplingParams
-from mgpud.engine.store.demo import demo_model_dir
 
 from mgpud.records import ModelFigures
 
@@ -78,9 +76,9 @@ def _figures(a: ModelFigures, b: ModelFigures, wall: float) -> dict[str, float]:
 @benchmark("step_overhead", __doc__, add_args=lambda ap: ap.add_argument(
     "--tp", type=int, default=1, help="tensor-parallel degree (the demo model: 1 or 3)"))
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    threads = max(1, (os.cpu_count() or 1) // args.tp)
+    threads = bench_threads(args.quick, args.tp)
     prompt_tokens, max_tokens = (8, 10) if args.quick else (64, 48)
-    cfg = EngineConfig(model=str(demo_model_dir()), tp=args.tp, max_model_len=256, threads_per_device=threads,
+    cfg = EngineConfig(model=str(bench_model(args.quick)), tp=args.tp, max_model_len=256, threads_per_device=threads,
                        kv_cache_memory=(256 if args.quick else 512) << 20, enable_prefix_caching=False,
                        max_num_batched_tokens=max(BATCHES) * prompt_tokens, max_num_seqs=max(BATCHES))
     result: dict[str, Any] = {}

@@ -13,15 +13,13 @@ the bf16 runs are skipped and only the two GEMM peaks say why.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from typing import Any
 
 import torch
-from common import benchmark, chat_workload, matmul_peak_flops
+from common import bench_model, bench_threads, benchmark, chat_workload, matmul_peak_flops
 from mgpud.engine import EngineConfig, ModelConfig, ModelGroup, SamplingParams
 from mgpud.engine.hosts.cpu_features import native_bf16
-from mgpud.engine.store.demo import demo_model_dir
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -79,8 +77,8 @@ def decoder_flops(model: str, processed: int, generated: int) -> float:
 
 @benchmark("throughput", __doc__)
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    threads = os.cpu_count() or 1
-    model = str(demo_model_dir())
+    threads = bench_threads(args.quick)
+    model = str(bench_model(args.quick))
     work = chat_workload(4, 4, 8) if args.quick else chat_workload(64, 16, 256)
     peaks = gemm_peaks(threads)
     auto = EngineConfig(model=model).dtype_name(on_cuda=False)
