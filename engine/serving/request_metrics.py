@@ -16,12 +16,19 @@ LATENCY_WINDOW = 1000  # finished requests the percentiles cover
 RATE_HORIZON = 10.0  # seconds of token history kept
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
+def percentile(ordered: list[float], q: float) -> float:
+    """The q-th percentile of non-empty, sorted `ordered` (nearest rank)."""
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def latency_percentiles(timings: list[Timings]) -> dict[str, float | None]:
+    """RequestFigures' latency fields: each latency sorted once, every percentile read off it."""
+    latencies: dict[str, float | None] = {}
+    for name in LATENCIES:
+        ordered = sorted(v for t in timings if (v := getattr(t, name)) is not None)
+        for q in PERCENTILES:
+            latencies[f"{name}_p{q}_ms"] = percentile(ordered, q) * 1000 if ordered else None
+    return latencies
 
 
 @dataclass
@@ -51,6 +58,9 @@ class ServingMetrics:
         self._timings: deque[Timings] = deque(maxlen=LATENCY_WINDOW)
         self.finished = 0
         self.failed = 0
+        # The percentiles as of `finished` requests: status and telemetry read them many
+        # times a second, and they change only when a request finishes.
+        self._latencies: tuple[int, dict[str, float | None]] | None = None
 
     def on_output(self, out: RequestOutput) -> None:
         now = time.monotonic()
@@ -73,12 +83,14 @@ class ServingMetrics:
 
     def snapshot(self) -> RequestFigures:
         with self._lock:
-            timings = list(self._timings)
-        latencies = {}
-        for name in LATENCIES:
-            values = [v for t in timings if (v := getattr(t, name)) is not None]
-            for q in PERCENTILES:
-                latencies[f"{name}_p{q}_ms"] = None if not values else percentile(values, q) * 1000
+            finished, cached = self.finished, self._latencies
+            timings = list(self._timings) if cached is None or cached[0] != finished else None
+        if timings is None:
+            latencies = cached[1]
+        else:
+            latencies = latency_percentiles(timings)
+            with self._lock:
+                self._latencies = (finished, latencies)
         return RequestFigures(tokens_per_s_1s=self.tokens_per_second(1.0),
                               tokens_per_s_10s=self.tokens_per_second(RATE_HORIZON),
-                              requests_finished=self.finished, requests_failed=self.failed, **latencies)
+                              requests_finished=finished, requests_failed=self.failed, **latencies)
