@@ -131,4 +131,6 @@ def test_the_door_parses_large_requests_aside_and_keeps_each_client_s_order() ->
         return admitted
 
     order = asyncio.run(main())
-    assert order[1:3] == [(b"a", "generate"), (b"a", "cancel")] and (b"b", "refused") in order
+    # Each client's requests in the order it sent them; clients' orders are independent.
+    assert [op for who, op in order if who == b"a"] == ["generate", "cancel"]
+    assert [op for who, op in order if who == b"b"] == ["ping", "refused"]
