@@ -123,6 +123,17 @@ def test_cpu_devices_share_cores_and_memory():
     assert one.memory_total == devices.cpu_device_memory(1)
 
 
+def test_cpu_devices_name_the_cores_they_are_pinned_to():
+    cores = sorted(os.sched_getaffinity(0))
+    found = discover(f"cpu:{len(cores) + 1}")
+    for device, core in zip(found, cores):
+        assert devices.cpu_cores(device.index, 1) == [core] and f"core {core}" in device.name
+    # More devices than cores: the last has none of its own, and says so.
+    assert devices.cpu_cores(found[-1].index, 1) is None and "unpinned" in found[-1].name
+    [whole] = discover("cpu")
+    assert devices.cpu_cores(0, whole.threads) == cores
+
+
 def test_cpu_refresh_counts_worker_rss():
     found = discover("cpu:2", device_memory=64 * GiB)
     d0, d1 = refresh(found, {"cpu:0": [os.getpid(), 2 ** 22 + 7]})  # the second pid does not exist

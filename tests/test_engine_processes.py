@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import psutil
+import pytest
 
 from mgpud.engine import EngineConfig, EngineDead, RequestStream, SamplingParams
 from mgpud.engine.core.llm_engine import LLMEngine
@@ -83,3 +84,13 @@ def test_dead_rank_fails_pending_requests(tiny_llama: Path) -> None:
         else:
             raise AssertionError("a dead engine accepted a request")
         _wait_gone(eng.info.pids, "the surviving rank to exit")
+
+
+def test_cpu_ranks_run_on_their_own_cores(tiny_llama: Path) -> None:
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("pinning two CPU devices needs two cores")
+    with _replica(tiny_llama) as eng:
+        eng.add_request("r1", [5, 6, 7], SamplingParams(max_tokens=2), RequestStream().put)
+        # The rank's main thread runs its forward passes; the cores are its device's own.
+        pinned = [os.sched_getaffinity(pid) for pid in eng.info.pids]
+        assert pinned == [{core} for core in sorted(os.sched_getaffinity(0))[:2]]

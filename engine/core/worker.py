@@ -25,6 +25,7 @@ import zmq
 from mgpud.records import LoadProgress
 
 from ..config import EngineConfig, ModelConfig, cpu_kv_blocks_cap
+from ..hosts.inventory import pin_cpu_device
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,8 @@ def _run(args_file: str) -> None:
     # Before torch is imported, for a worker started cold; a warm one adopts it through
     # torch.set_num_threads.
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    if args.device.startswith("cpu"):  # before torch starts its thread pool, which inherits it
+        pin_cpu_device(int(args.device.partition(":")[2] or 0), args.threads)
     worker = Worker(args)
     try:
         worker.start()

@@ -81,14 +81,40 @@ def cpu_device_memory(count: int) -> int:  # bytes per CPU device
     return int(psutil.virtual_memory().total * CPU_MEMORY_FRACTION) // count
 
 
+def cpu_cores(index: int, threads: int) -> list[int] | None:
+    """The cores CPU device `index` with `threads` threads is pinned to: its own run of the
+    cores this process may use, or None where devices outnumber cores (the OS places it)."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    start = index * threads
+    return allowed[start:start + threads] if start + threads <= len(allowed) else None
+
+
+def pin_cpu_device(index: int, threads: int) -> None:
+    """Keep this process, and the threads it starts from here on (torch's pool), on the
+    device's own cores: a worker does not migrate, and devices do not share a core."""
+    cores = cpu_cores(index, threads)
+    if cores is not None:
+        os.sched_setaffinity(0, cores)
+
+
+def _cpu_name(index: int, threads: int, bf16: bool) -> str:
+    # What `mgpud devices` shows: the cores, and when the default dtype will be bf16.
+    cores = cpu_cores(index, threads)
+    where = f", core{'s' if threads > 1 else ''} {_spans(cores)}" if cores else ", unpinned"
+    return f"CPU virtual device ({threads} thread{'s' if threads > 1 else ''}{where}{', bf16' if bf16 else ''})"
+
+
+def _spans(cores: list[int]) -> str:
+    return f"{cores[0]}-{cores[-1]}" if cores == list(range(cores[0], cores[-1] + 1)) and len(cores) > 1 \
+        else ",".join(map(str, cores))
+
+
 def cpu_devices(count: int, device_memory: int | None = None) -> list[Device]:
     threads = max(1, host_cores() // count)
     capacity = device_memory or cpu_device_memory(count)
     bf16 = native_bf16()
-    # The name is what `mgpud devices` shows: it says when the default dtype will be bf16.
-    name = f"CPU virtual device ({threads} thread{'s' if threads > 1 else ''}{', bf16' if bf16 else ''})"
-    return [Device(id=f"cpu:{i}", index=i, kind="cpu", threads=threads, native_bf16=bf16, name=name,
-                   memory_total=capacity, memory_used=0, memory_free=capacity)
+    return [Device(id=f"cpu:{i}", index=i, kind="cpu", threads=threads, native_bf16=bf16,
+                   name=_cpu_name(i, threads, bf16), memory_total=capacity, memory_used=0, memory_free=capacity)
             for i in range(count)]
 
 
