@@ -5,6 +5,7 @@ is timed."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -92,3 +93,28 @@ def test_a_replica_of_a_loaded_shape_is_not_profiled_again(tiny_llama: Path) -> 
         first, second = group.stats().replicas
     assert "profile" not in [f.phase for f in frames] and frames[-1].phase == "ready"
     assert second.peak_activation_bytes_per_rank == first.peak_activation_bytes_per_rank
+
+
+def test_weights_load_alike_on_several_threads(tiny_models: dict[str, Path]) -> None:
+    """Tensors are read concurrently where a rank has cores to spare: the same parameters
+    as one at a time, and progress counts up to every byte of the checkpoint's files."""
+    import torch
+    from mgpud.engine import ModelConfig
+    from mgpud.engine.core.layers.quant import linear_method
+    from mgpud.engine.core.loader import load_weights
+    from mgpud.engine.core.models import model_class
+    from mgpud.engine.core.parallel import TPGroup
+
+    path = tiny_models["llama-tied-sharded"]
+    cfg = ModelConfig.from_dir(path)
+
+    def loaded(threads: int) -> tuple[dict[str, torch.Tensor], list[LoadProgress]]:
+        model = model_class(cfg)(cfg, TPGroup(0, 1), torch.float32, 128, False, linear_method(None, False))
+        seen: list[LoadProgress] = []
+        load_weights(model, path, lambda p: seen.append(replace(p)), threads=threads)
+        return model.state_dict(), seen
+
+    (one, _), (three, seen) = loaded(1), loaded(3)
+    assert one.keys() == three.keys() and all(torch.equal(one[k], three[k]) for k in one)
+    assert [p.tensors_done for p in seen] == sorted(p.tensors_done for p in seen)
+    assert (seen[-1].bytes_done, seen[-1].tensors_done) == (seen[-1].bytes_total, seen[-1].tensors_total)

@@ -11,10 +11,12 @@ Progress is reported in checkpoint bytes and tensors walked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -187,35 +189,58 @@ def _target(name: str, model: nn.Module) -> tuple[str, int | tuple[int, int]]:
 
 
 def load_weights(model: nn.Module, model_dir: Path,
-                 progress: Callable[[LoadProgress], None] | None = None) -> None:
+                 progress: Callable[[LoadProgress], None] | None = None, threads: int = 1) -> None:
+    """Every checkpoint tensor into its parameter, `threads` tensors at a time: where a
+    rank has several cores, filling fresh memory (the kernel zeroes each page on first
+    touch) goes as fast as the cores do it, not one. Progress is reported from the
+    calling thread only."""
     files = checkpoint_files(model_dir)
     headers = {f: _headers(f) for f in files}
     total_bytes = sum(_tensor_bytes(h) for hs, _ in headers.values() for h in hs.values())
     total_tensors = sum(len(hs) for hs, _ in headers.values())
     params = dict(model.named_parameters())
-    loaded: set[str] = set()
-    done = LoadProgress("load", 0, total_bytes, 0, total_tensors)
-    for file in files:
-        meta, data_start = headers[file]
-        fd = os.open(file, os.O_RDONLY)
-        try:
-            for name, header in meta.items():
-                target, shard = _target(name, model)
-                param = params.get(target)
-                if param is not None:
-                    param.weight_loader(param, CheckpointTensor(fd, file, name, header, data_start), shard)
-                    loaded.add(target)
-                # A tied checkpoint may still store lm_head.weight: the embedding we hold.
-                elif not name.endswith(_IGNORED_SUFFIXES) and name != "lm_head.weight":
-                    raise ModelLoadError(f"{file.name}: unexpected tensor {name}; is this checkpoint "
-                                         "really the architecture its config.json names?")
-                done.bytes_done += _tensor_bytes(header)
-                done.tensors_done += 1
-                if progress:
-                    progress(done)
-        finally:
-            os.close(fd)
+    jobs = _jobs(model, params, headers)  # every name checked before any byte is read
+    loaded = {target for _, _, _, target, _ in jobs}
+    # Tensors the model does not take (ignored buffers) count as walked from the start.
+    done = LoadProgress("load", bytes_done=total_bytes - sum(_tensor_bytes(h) for _, _, h, _, _ in jobs),
+                        bytes_total=total_bytes, tensors_done=total_tensors - len(jobs), tensors_total=total_tensors)
+    with contextlib.ExitStack() as stack:
+        fds = {f: os.open(f, os.O_RDONLY) for f in files}
+        for fd in fds.values():
+            stack.callback(os.close, fd)
+        pool = stack.enter_context(ThreadPoolExecutor(max(1, threads), thread_name_prefix="mgpud-load"))
+        stack.callback(pool.shutdown, cancel_futures=True)  # a failed tensor: the rest are not read
+        running = {pool.submit(_load_one, params[target], CheckpointTensor(fds[f], f, name, h, headers[f][1]),
+                               shard): h for f, name, h, target, shard in jobs}
+        for future in as_completed(running):
+            future.result()
+            done.bytes_done += _tensor_bytes(running[future])
+            done.tensors_done += 1
+            if progress:
+                progress(done)
     missing = sorted(n for n in set(params) - loaded if not getattr(params[n], "from_weight", False))
     if missing:
         raise ModelLoadError(f"{model_dir}: checkpoint lacks {len(missing)} tensor(s), e.g. "
                              f"{', '.join(missing[:3])}")
+
+
+Job = tuple[Path, str, dict, str, Any]  # file, tensor name, its header, parameter, shard
+
+
+def _jobs(model: nn.Module, params: dict[str, Any], headers: dict[Path, tuple[dict[str, dict], int]]) -> list[Job]:
+    """The checkpoint's tensors this model loads; one it cannot place is refused."""
+    jobs = []
+    for file, (meta, _) in headers.items():
+        for name, header in meta.items():
+            target, shard = _target(name, model)
+            if target in params:
+                jobs.append((file, name, header, target, shard))
+            # A tied checkpoint may still store lm_head.weight: the embedding we hold.
+            elif not name.endswith(_IGNORED_SUFFIXES) and name != "lm_head.weight":
+                raise ModelLoadError(f"{file.name}: unexpected tensor {name}; is this checkpoint "
+                                     "really the architecture its config.json names?")
+    return jobs
+
+
+def _load_one(param: Any, source: CheckpointTensor, shard: Any) -> None:
+    param.weight_loader(param, source, shard)

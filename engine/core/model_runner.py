@@ -25,6 +25,10 @@ from .parallel import TPGroup
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CPU_PROFILE_TOKENS = 128  # tokens of the batch a CPU device's profile runs
 
+# Tensors read at once by a rank: its own cores, up to where reads from the page cache
+# saturate memory bandwidth anyway.
+_LOAD_THREADS = 8
+
 
 class ModelRunner:
     def __init__(self, model_cfg: ModelConfig, model_dir: Path, group: TPGroup, device: torch.device,
@@ -43,7 +47,7 @@ class ModelRunner:
         with torch.device(device):
             method = linear_method(quantization, prequantized=model_cfg.quantization is not None)
             self.model = model_class(model_cfg)(model_cfg, group, self.dtype, max_model_len, expert_parallel, method)
-        load_weights(self.model, model_dir, progress)
+        load_weights(self.model, model_dir, progress, threads=min(torch.get_num_threads(), _LOAD_THREADS))
         self.caches: list[KVCache] = []
         self.graphs: DecodeGraphs | None = None  # decode steps replay these once captured
         self.moe_layers = [m for m in self.model.modules() if isinstance(m, SparseMoE)]
