@@ -3,6 +3,7 @@ as they are, and the fp8 KV cache: what they hold, and how far their outputs mov
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -203,6 +204,10 @@ def test_planner_counts_8bit_weights_and_names_the_flags_that_fit() -> None:
 
     cfg = load_model("demo")[0]
     assert weight_bytes(cfg, "fp32", 1) - weight_bytes(cfg, "fp32", 1, "int8") == 3 * _quantized(cfg)
+    # An fp8 checkpoint keeps its LM head (here the tied embedding) unquantized.
+    checkpoint = dataclasses.replace(cfg, quantization="fp8")
+    head = cfg.vocab_size * cfg.hidden_size
+    assert weight_bytes(checkpoint, "fp32", 1, "fp8") - weight_bytes(cfg, "fp32", 1, "fp8") == 3 * head
     assert kv_bytes_per_token(cfg, "fp32", 1, "fp8") * 4 == kv_bytes_per_token(cfg, "fp32", 1)
     # No hardware figures: nothing to measure, no throughput estimate.
     ask = {"devices": DeviceSet("cpu:1", "cpu", 1, 720 << 20, None), "max_model_len": 2048, "dtype": "fp32"}
