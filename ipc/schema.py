@@ -121,8 +121,8 @@ _ENGINE_LIMITS = {
     "enable_expert_parallel": Arg("bool", help="MoE models: each rank holds whole experts (expert e of E on "
                                                "rank e * tp // E) instead of a slice of every expert"),
     "quantization": Arg("str", choices=QUANTIZATIONS,
-                        help="quantize the linear layers' weights at load, one scale per output channel "
-                             "(embeddings, norms and the LM head keep the dtype)"),
+                        help="quantize the linear layers' and the LM head's weights at load, one scale per "
+                             "output channel (a tied embedding shares the LM head's; norms keep the dtype)"),
     "kv_cache_dtype": Arg("str", choices=KV_CACHE_DTYPES, help="KV cache: auto = the dtype; fp8 (e4m3) halves it"),
 }
 

@@ -3,6 +3,7 @@ as they are, and the fp8 KV cache: what they hold, and how far their outputs mov
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -22,11 +23,11 @@ from oracle import hf_greedy, hf_logprobs
 TINY = {"dtype": "float32", "kv_cache_memory": 2 << 20, "max_model_len": 128}
 # A 16-token step budget prefills prompts in chunks: the later ones read K/V back from the cache.
 CHUNKED = {**TINY, "max_num_batched_tokens": 16}
-# Ratios of perplexity to the unquantized load's, as regression guards. The issue asks int8
-# <= 1.01; per-channel round-to-nearest int8 gives 1.013 on the demo model for FIXED_TEXT
-# (the same simulated in transformers), so that target is open (issue 15's note) and the
-# guard sits at what this method reaches.
-PPL_LIMIT = {"int8": 1.02, "fp8": 1.03}
+# Ratios of perplexity to the unquantized load's: the issue's targets. On the demo model and
+# LIGHTHOUSE (~1000 tokens; a shorter text measures noise), per-row quantization simulated in
+# transformers gives 0.995 (int8, LM head included) and 1.016 (fp8).
+PPL_LIMIT = {"int8": 1.01, "fp8": 1.03}
+LIGHTHOUSE = Path(__file__).parents[1] / "benchmarks" / "lighthouse.txt"  # the quantization benchmark's text
 
 
 def _ids(vocab: int, n: int, seed: int = 0) -> list[int]:
@@ -54,13 +55,18 @@ def unquantized(tiny_llama: Path):
 
 
 def _rows(cfg: ModelConfig) -> int:
-    """Output rows of all linear layers: one scale each."""
+    """Output rows of all linear layers and of the LM head (tp=1): one scale each."""
     return cfg.num_layers * ((cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim + 2 * cfg.hidden_size
-                             + 2 * cfg.intermediate_size)
+                             + 2 * cfg.intermediate_size) + cfg.vocab_size
+
+
+def _quantized(cfg: ModelConfig) -> int:
+    """Weights quantized at load: the linear layers' and the LM head's (tied: the embedding's too)."""
+    return param_groups(cfg).linear + cfg.vocab_size * cfg.hidden_size
 
 
 # int8 here, fp8 on the demo model below: both share the loading tested here (whole-row
-# scales, so that TP=1 and TP=2 quantize alike).
+# scales, so that TP=1 and TP=2 quantize alike). This model is untied: its embedding stays float32.
 def test_int8_load_holds_8bit_linear_layers_alike_at_tp1_and_tp2(unquantized: ModelGroup, tiny_llama: Path) -> None:
     cfg = unquantized.model.config
     prompt = _ids(cfg.vocab_size, 40)
@@ -69,11 +75,31 @@ def test_int8_load_holds_8bit_linear_layers_alike_at_tp1_and_tp2(unquantized: Mo
         logprobs, tokens = _prompt_logprobs(one, prompt), _greedy(one, prompt, 12)
     with ModelGroup(EngineConfig(model=str(tiny_llama), tp=2, quantization="int8", **CHUNKED)) as two:
         assert _greedy(two, prompt, 12) == tokens
-    # Each linear weight now takes one byte, plus a scale per output row in its matmul's dtype.
+    # Each linear and LM head weight now takes one byte, plus a scale per output row in its matmul's dtype.
     full = unquantized.stats().replicas[0].weight_bytes_per_rank[0]
     scale = Int8().scale_dtype(torch.device("cpu"), torch.float32).itemsize
-    assert weights == full - 3 * param_groups(cfg).linear + scale * _rows(cfg)
+    assert weights == full - 3 * _quantized(cfg) + scale * _rows(cfg)
     ratio = _perplexity(logprobs) / _perplexity(_prompt_logprobs(unquantized, prompt))
+    assert 1 / PPL_LIMIT["int8"] < ratio < PPL_LIMIT["int8"]
+
+
+def test_tied_int8_model_holds_one_8bit_copy_of_its_embedding(tiny_models: dict[str, Path]) -> None:
+    model = tiny_models["llama-tied-sharded"]
+    cfg = ModelConfig.from_dir(model)
+    prompt = _ids(cfg.vocab_size, 40, seed=4)
+    with ModelGroup(EngineConfig(model=str(model), quantization="int8", **CHUNKED)) as one:
+        weights = one.stats().replicas[0].weight_bytes_per_rank[0]
+        logprobs, tokens = _prompt_logprobs(one, prompt), _greedy(one, prompt, 12)
+    with ModelGroup(EngineConfig(model=str(model), tp=2, quantization="int8", **CHUNKED)) as two:
+        assert _greedy(two, prompt, 12) == tokens
+    # The embedding's rows are the LM head's: one byte each, once; only norms stay float32.
+    scale = Int8().scale_dtype(torch.device("cpu"), torch.float32).itemsize
+    assert cfg.tie_word_embeddings and param_groups(cfg).sharded == cfg.vocab_size * cfg.hidden_size
+    assert weights == _quantized(cfg) + scale * _rows(cfg) + 4 * param_groups(cfg).replicated
+    # The lookup widens the 8-bit rows it gathers: the outputs stay close to transformers'.
+    ref = hf_logprobs(model, prompt)[:-1]
+    want = [float(ref[i, t]) for i, t in enumerate(prompt[1:])]
+    ratio = _perplexity(logprobs) / _perplexity(want)
     assert 1 / PPL_LIMIT["int8"] < ratio < PPL_LIMIT["int8"]
 
 
@@ -134,18 +160,15 @@ def test_fp8_checkpoint_cannot_be_loaded_as_int8(tiny_llama: Path, tmp_path: Pat
         ModelGroup(EngineConfig(model=str(model), quantization="int8", **TINY))
 
 
-FIXED_TEXT = ("The capital of France is Paris. It lies on the river Seine, in the north of the country. "
-              "Paris is known for its museums, its cafes and its long history; millions of people visit "
-              "the city every year to see the Eiffel Tower and the cathedral of Notre-Dame.")
-
-
 @pytest.mark.slow
 def test_demo_model_perplexity_under_quantization(demo_model: Path) -> None:
-    limits = {"max_model_len": 256, "kv_cache_memory": 16 << 20}
+    text = LIGHTHOUSE.read_text()
+    # ~1000 prompt tokens at ~46 KB of float32 K/V each, prefilled in one step.
+    limits = {"max_model_len": 1024, "kv_cache_memory": 64 << 20}
     perplexity, weights = {}, {}
     for quantization in (None, "int8", "fp8"):
         with ModelGroup(EngineConfig(model=str(demo_model), quantization=quantization, **limits)) as group:
-            ids = group.model.tokenizer.encode(FIXED_TEXT)
+            ids = group.model.tokenizer.encode(text)
             perplexity[quantization] = _perplexity(_prompt_logprobs(group, ids))
             replica = group.stats().replicas[0]
             weights[quantization] = replica.weight_bytes_per_rank[0]
@@ -153,8 +176,8 @@ def test_demo_model_perplexity_under_quantization(demo_model: Path) -> None:
         assert perplexity[quantization] / perplexity[None] < limit, perplexity
     cfg = group.model.config
     wide = {"float32": 4, "bfloat16": 2}[replica.dtype]  # auto: what this CPU runs best
-    # One byte per linear weight, plus a scale per output row (fp8: float32).
-    assert weights["fp8"] == weights[None] - (wide - 1) * param_groups(cfg).linear + 4 * _rows(cfg)
+    # One byte per linear and LM head (= tied embedding) weight, plus a scale per output row (fp8: float32).
+    assert weights["fp8"] == weights[None] - (wide - 1) * _quantized(cfg) + 4 * _rows(cfg)
 
 
 def test_daemon_loads_quantized_and_shows_it(tiny_llama: Path) -> None:
@@ -180,11 +203,14 @@ def test_planner_counts_8bit_weights_and_names_the_flags_that_fit() -> None:
     from mgpud.engine.planning.targets import DeviceSet
 
     cfg = load_model("demo")[0]
-    linear = param_groups(cfg).linear
-    assert weight_bytes(cfg, "fp32", 1) - weight_bytes(cfg, "fp32", 1, "int8") == 3 * linear
+    assert weight_bytes(cfg, "fp32", 1) - weight_bytes(cfg, "fp32", 1, "int8") == 3 * _quantized(cfg)
+    # An fp8 checkpoint keeps its LM head (here the tied embedding) unquantized.
+    checkpoint = dataclasses.replace(cfg, quantization="fp8")
+    head = cfg.vocab_size * cfg.hidden_size
+    assert weight_bytes(checkpoint, "fp32", 1, "fp8") - weight_bytes(cfg, "fp32", 1, "fp8") == 3 * head
     assert kv_bytes_per_token(cfg, "fp32", 1, "fp8") * 4 == kv_bytes_per_token(cfg, "fp32", 1)
     # No hardware figures: nothing to measure, no throughput estimate.
-    ask = {"devices": DeviceSet("cpu:1", "cpu", 1, 800 << 20, None), "max_model_len": 2048, "dtype": "fp32"}
+    ask = {"devices": DeviceSet("cpu:1", "cpu", 1, 720 << 20, None), "max_model_len": 2048, "dtype": "fp32"}
     refused = plan("demo", **ask)
     assert not refused.ok
     assert "`mgpud load demo --quantization int8 --kv-cache-dtype fp8` fits at tp=1" in refused.reasons[-1]

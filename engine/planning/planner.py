@@ -63,7 +63,7 @@ def kv_dtype(dtype: str, kv_cache_dtype: str = "auto") -> str:
 @dataclass(frozen=True)
 class ParamGroups:
     linear: int  # attention and MLP/expert matrices: sharded tp ways, quantizable
-    sharded: int  # embeddings, LM head, biases: sharded tp ways, kept 16-bit
+    sharded: int  # embeddings, LM head, biases: sharded tp ways, in the model dtype (the LM head: see weight_bytes)
     replicated: int  # norms and MoE routers: whole on every rank
 
 
@@ -79,17 +79,21 @@ def routed_expert_params(cfg: ModelConfig) -> int:
 
 def weight_bytes(cfg: ModelConfig, dtype: str, tp: int, quantization: str | None = None,
                  expert_parallel: bool = False) -> int:  # bytes per device
-    """dtype: the model's; quantization: the linear layers' when 8-bit (their per-channel
-    scales, under 1% of them, are left out; routed experts stay in the dtype)."""
+    """dtype: the model's; quantization: the linear layers' when 8-bit, and the LM head's
+    when quantized at load (their per-row scales, under 1% of them, are left out; routed
+    experts stay in the dtype)."""
     g, wide, narrow = param_groups(cfg), activation_bytes(dtype), DTYPES[dtype]
     linear = DTYPES[quantization or dtype]
+    # Quantizing at load covers the LM head (and a tied embedding: the same rows), per vocabulary
+    # row; an fp8 checkpoint keeps it unquantized (layers/quant.py vocab_method).
+    head = cfg.vocab_size * cfg.hidden_size if quantization and cfg.quantization is None else 0
+    sharded = head * linear + (g.sharded - head) * wide
     experts = routed_expert_params(cfg)
     if expert_parallel:  # the fullest rank holds ceil(E / tp) whole experts
         held = cfg.moe_layers() * cfg.expert_params() * _ceil_div(cfg.num_experts, tp) * narrow
     else:
         held = _ceil_div(experts * narrow, tp)
-    return (_ceil_div((g.linear - experts) * linear, tp) + held + _ceil_div(g.sharded * wide, tp)
-            + g.replicated * wide)
+    return _ceil_div((g.linear - experts) * linear, tp) + held + _ceil_div(sharded, tp) + g.replicated * wide
 
 
 def _ceil_div(a: int, b: int) -> int:

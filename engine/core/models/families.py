@@ -27,7 +27,7 @@ class MoEForCausalLM(LlamaForCausalLM):
         if not cfg.is_moe_layer(layer):
             return super().layer_mlp(cfg, group, dtype, layer, expert_parallel, method)
         # The routed experts are stacked tensors of their own, kept in the model dtype: the
-        # quantization methods cover the attention and dense MLP projections only.
+        # quantization methods cover the attention and dense MLP projections and the LM head only.
         return SparseMoE(cfg, group, dtype, expert_parallel)
 
 

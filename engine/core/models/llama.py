@@ -18,7 +18,7 @@ from ..layers.attention import AttentionMetadata, KVCache, paged_attention
 from ..layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from ..layers.linear import ColumnParallelLinear, RowParallelLinear
 from ..layers.norm import RMSNorm, SplitRMSNorm, split_rms_norm
-from ..layers.quant import LinearMethod, Unquantized
+from ..layers.quant import LinearMethod, Unquantized, vocab_method
 from ..parallel import TPGroup
 
 # checkpoint name fragment -> (our fused module, which part of it)
@@ -100,7 +100,9 @@ class LlamaModel(nn.Module):
     def __init__(self, cfg: ModelConfig, group: TPGroup, dtype: torch.dtype, mlps: list[nn.Module],
                  method: LinearMethod, qk_norm: str | None):
         super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, group, dtype)
+        # Untied, the embedding stays in the model dtype; tied, it is the LM head's rows.
+        embedding = vocab_method(method) if cfg.tie_word_embeddings else Unquantized()
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, group, dtype, embedding)
         self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, group, dtype, mlp, method, qk_norm) for mlp in mlps)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
 
@@ -116,12 +118,10 @@ class LlamaForCausalLM(nn.Module):
         method = method or Unquantized()
         mlps = [self.layer_mlp(cfg, group, dtype, n, expert_parallel, method) for n in range(cfg.num_layers)]
         self.model = LlamaModel(cfg, group, dtype, mlps, method, self.qk_norm)
-        # The LM head stays in the model dtype whatever the method: it is vocab-parallel (an
-        # embedding's layout, often the tied embedding itself), and its logits feed sampling
-        # and logprobs directly, where 8-bit rounding would shift every probability.
-        self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, group, dtype)
+        # Quantized as the linear layers are, per vocabulary row (quant.py vocab_method says why).
+        self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, group, dtype, vocab_method(method))
         if cfg.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+            self.lm_head.tie(self.model.embed_tokens)
         rope = kernels.build_rotary_cache(cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling)
         self.register_buffer("rope", rope.to(self.lm_head.weight.device), persistent=False)
 
