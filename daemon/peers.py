@@ -31,6 +31,10 @@ class Peers:
         fd = message.get(zmq.SRCFD)
         if self._fds.get(identity) == fd:
             return  # every message but a client's first: nothing to do on the loop
+        # Closes already reported happened before this message came (libzmq reports a close
+        # before it accepts the next connection on that descriptor): acted on first, none of
+        # them is taken for the newcomer's, also a close of a connection that never spoke.
+        self._drain()
         # The kernel reuses a closed descriptor at once: a new client may write through it
         # before the monitor reports the old one's close. Whoever held it is gone now, and
         # that close event, when it comes, must not take the newcomer with it.
@@ -45,12 +49,22 @@ class Peers:
     async def watch(self) -> None:
         """Forever: a connection closed -> its clients' requests are cancelled."""
         while True:
-            fd = parse_monitor_message(await self._monitor.recv_multipart())["value"]
-            if self._stale.get(fd):
-                self._stale[fd] -= 1
-                continue
-            for who in list(self._holders.get(fd, ())):
-                self._gone(who)
+            self._closed(parse_monitor_message(await self._monitor.recv_multipart())["value"])
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                frames = self._monitor.recv_multipart(zmq.NOBLOCK).result()  # done at once, or Again
+            except zmq.Again:
+                return
+            self._closed(parse_monitor_message(frames)["value"])
+
+    def _closed(self, fd: int) -> None:
+        if self._stale.get(fd):
+            self._stale[fd] -= 1
+            return
+        for who in list(self._holders.get(fd, ())):
+            self._gone(who)
 
     def _gone(self, who: bytes) -> None:
         self._holders[self._fds.pop(who)].discard(who)
