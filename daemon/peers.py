@@ -52,12 +52,10 @@ class Peers:
             self._closed(parse_monitor_message(await self._monitor.recv_multipart())["value"])
 
     def _drain(self) -> None:
-        while True:
-            try:
-                frames = self._monitor.recv_multipart(zmq.NOBLOCK).result()  # done at once, or Again
-            except zmq.Again:
-                return
-            self._closed(parse_monitor_message(frames)["value"])
+        # Only what is there: a refused non-blocking read would leave an exception whose
+        # traceback holds the caller's frame (and the message in it) until the next GC.
+        while self._monitor.get(zmq.EVENTS) & zmq.POLLIN:
+            self._closed(parse_monitor_message(self._monitor.recv_multipart(zmq.NOBLOCK).result())["value"])
 
     def _closed(self, fd: int) -> None:
         if self._stale.get(fd):
