@@ -18,7 +18,7 @@ def _greedy_matches(model: Path, tp: int) -> None:
     cfg = EngineConfig(model=str(model), tp=tp, dtype="float32", max_model_len=256,
                        kv_cache_memory=64 << 20, max_num_batched_tokens=32)
     with ModelGroup(cfg) as eng:
-        assert all(d.startswith("cuda") for d in eng.devices)
+        assert all(d.startswith("cuda") for d in eng.stats().replicas[0].devices)
         results = eng.generate(PROMPTS, SamplingParams(max_tokens=24))
     for prompt, (ids, _, _) in zip(PROMPTS, results):
         assert ids == hf_greedy(model, prompt, 24)

@@ -255,7 +255,7 @@ def test_cuda_serves_fp8_weights_and_fp8_kv(unquantized: ModelGroup, tiny_llama:
     prompt = _ids(unquantized.model.config.vocab_size, 40, seed=3)
     cfg = EngineConfig(model=str(tiny_llama), quantization="fp8", kv_cache_dtype="fp8", **CHUNKED)
     with ModelGroup(cfg) as group:
-        assert group.devices[0].startswith("cuda")
+        assert group.stats().replicas[0].devices[0].startswith("cuda")
         ratio = _perplexity(_prompt_logprobs(group, prompt)) / _perplexity(_prompt_logprobs(unquantized, prompt))
         assert len(_greedy(group, prompt, 8)) == 8
     assert 1 / 1.05 < ratio < 1.05
