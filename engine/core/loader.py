@@ -210,8 +210,9 @@ def load_weights(model: nn.Module, model_dir: Path,
             stack.callback(os.close, fd)
         pool = stack.enter_context(ThreadPoolExecutor(max(1, threads), thread_name_prefix="mgpud-load"))
         stack.callback(pool.shutdown, cancel_futures=True)  # a failed tensor: the rest are not read
-        running = {pool.submit(_load_one, params[target], CheckpointTensor(fds[f], f, name, h, headers[f][1]),
-                               shard): h for f, name, h, target, shard in jobs}
+        running = {pool.submit(params[target].weight_loader, params[target],
+                               CheckpointTensor(fds[f], f, name, h, headers[f][1]), shard): h
+                   for f, name, h, target, shard in jobs}
         for future in as_completed(running):
             future.result()
             done.bytes_done += _tensor_bytes(running[future])
@@ -240,7 +241,3 @@ def _jobs(model: nn.Module, params: dict[str, Any], headers: dict[Path, tuple[di
                 raise ModelLoadError(f"{file.name}: unexpected tensor {name}; is this checkpoint "
                                      "really the architecture its config.json names?")
     return jobs
-
-
-def _load_one(param: Any, source: CheckpointTensor, shard: Any) -> None:
-    param.weight_loader(param, source, shard)

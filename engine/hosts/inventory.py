@@ -73,8 +73,13 @@ def _ordinals(text: str) -> list[int]:
     return [int(e) for e in entries]
 
 
+def _usable_cores() -> list[int]:
+    """The cores this process may run on, where the OS says (Linux); else empty."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
 def host_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return len(_usable_cores()) or os.cpu_count() or 1
 
 
 def cpu_device_memory(count: int) -> int:  # bytes per CPU device
@@ -84,7 +89,7 @@ def cpu_device_memory(count: int) -> int:  # bytes per CPU device
 def cpu_cores(index: int, threads: int) -> list[int] | None:
     """The cores CPU device `index` with `threads` threads is pinned to: its own run of the
     cores this process may use, or None where devices outnumber cores (the OS places it)."""
-    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    allowed = _usable_cores()
     start = index * threads
     return allowed[start:start + threads] if start + threads <= len(allowed) else None
 
